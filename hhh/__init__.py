@@ -1,0 +1,1 @@
+"""hhh: the command line and what the three components share."""
