@@ -1,0 +1,72 @@
+"""Event schemas and the codec: what is refused, and with which reason."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from streams.codec import ADAPTERS, FEEDBACK, DecodeError, decode, encode
+from streams.events import AdapterPublishedEvent, AdapterRef, RankingFeedback, ThumbsFeedback
+
+
+def test_a_ranking_expresses_ties_and_unusable_completions() -> None:
+    ranking = RankingFeedback(
+        prompt_id="p", user_id="u", labeler_id="l", ranking=[["a"], ["b", "c"], ["d"]], unusable=["e"]
+    )
+    assert ranking.ranked_ids == ["a", "b", "c", "d"]
+    assert decode(FEEDBACK, encode(FEEDBACK, ranking)) == ranking
+
+
+@pytest.mark.parametrize(
+    ("ranking", "unusable", "message"),
+    [
+        ([["a"], ["a", "b"]], [], r"appear more than once: \['a'\]"),
+        ([["a"], ["b"]], ["b"], r"appear more than once: \['b'\]"),
+        ([["a"], []], [], "tie group 1 is empty"),
+        ([], [], "at least 1 item"),
+    ],
+)
+def test_a_malformed_ranking_is_refused_with_the_reason(
+    ranking: list[list[str]], unusable: list[str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RankingFeedback(prompt_id="p", user_id="u", labeler_id="l", ranking=ranking, unusable=unusable)
+
+
+@pytest.mark.parametrize(
+    ("scope", "version", "message"),
+    [
+        ("base", 1, "the base model has no version"),
+        ("global", None, "needs a version"),
+        ("team:x", 1, "is not 'base', 'global' or 'user:<id>'"),
+        ("user:", 1, "is not 'base'"),
+    ],
+)
+def test_adapter_references_must_be_consistent(scope: str, version: int | None, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AdapterRef(scope=scope, version=version)
+
+
+def test_adapter_events_need_a_valid_scope_and_checksum() -> None:
+    fields = dict(version=1, path="/a", base_model="demo")
+    with pytest.raises(ValidationError, match="is not 'global' or 'user:<id>'"):
+        AdapterPublishedEvent(scope="everyone", sha256="0" * 64, **fields)
+    with pytest.raises(ValidationError, match="sha256"):
+        AdapterPublishedEvent(scope="global", sha256="not-a-hash", **fields)
+    event = AdapterPublishedEvent(scope="user:ann@example.com", sha256="f" * 64, **fields)
+    assert decode(ADAPTERS, encode(ADAPTERS, event)) == event
+
+
+def test_unknown_fields_are_refused_not_dropped() -> None:
+    payload = encode(FEEDBACK, ThumbsFeedback(completion_id="c", user_id="u", vote="up"))
+    tampered = payload.replace(b'"vote"', b'"extra":1,"vote"')
+    with pytest.raises(DecodeError, match="extra: Extra inputs are not permitted") as refused:
+        decode(FEEDBACK, tampered)
+    assert refused.value.reason == "schema_mismatch"
+
+
+def test_a_newer_schema_version_is_refused_not_guessed() -> None:
+    payload = encode(FEEDBACK, ThumbsFeedback(completion_id="c", user_id="u", vote="up"))
+    with pytest.raises(DecodeError, match="schema_version 2 is not 1") as refused:
+        decode(FEEDBACK, payload.replace(b'"schema_version":1', b'"schema_version":2'))
+    assert refused.value.reason == "unsupported_schema_version"
