@@ -1,3 +1,85 @@
-"""The `hhh` command line."""
-def main() -> None:
-    raise SystemExit(0)
+"""The `hhh` command line: one entry point, a subcommand per thing that exists.
+
+Heavy libraries (torch, vLLM) are imported inside the subcommands that need them, so that
+``hhh --help`` and the event-log commands start at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from streams.config import hhh_home
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from trainer.demo_model.build import build_demo_model
+
+    print(build_demo_model(args.variant, args.seed, home=hhh_home()))
+    return 0
+
+
+def _events_tail(args: argparse.Namespace) -> int:
+    from streams.backends import open_event_log
+
+    with open_event_log() as event_log, event_log.consumer(None, args.topics) as reader:
+        shown = 0
+        while args.limit is None or shown < args.limit:
+            records = reader.poll(max_records=500, timeout_s=args.wait)
+            if not records and not args.follow:
+                break
+            for record in records[: None if args.limit is None else args.limit - shown]:
+                print(f"{record.topic}[{record.partition}]@{record.offset} key={record.key} "
+                      f"{record.event.model_dump_json()}")
+                shown += 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hhh",
+        description="A chat service that aligns itself from its users' feedback. "
+        "State lives under $HHH_HOME (default ./.hhh).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo-model", help="build (or find cached) the demo base model and print its folder"
+    )
+    demo.add_argument("--variant", choices=["demo", "tiny"], default="demo",
+                      help="'demo' for the service, 'tiny' for fast tests (default: demo)")
+    demo.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    demo.set_defaults(run=_demo_model)
+
+    events = commands.add_parser("events", help="inspect the event log (HHH_EVENTS_* settings)")
+    event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    tail = event_commands.add_parser(
+        "tail", help="print events of topics from the beginning, one JSON line each"
+    )
+    tail.add_argument("topics", nargs="+", metavar="TOPIC",
+                      help="completions, feedback, adapters or dead-letters")
+    tail.add_argument("--limit", type=int, default=None, help="stop after this many events")
+    tail.add_argument("--follow", action="store_true", help="keep waiting for new events")
+    tail.add_argument("--wait", type=float, default=1.0, help="seconds to wait per poll")
+    tail.set_defaults(run=_events_tail)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the subcommand named in ``argv`` (default: the process arguments)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        sys.exit(run(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except ValueError as error:  # bad settings or arguments: say what to fix, no traceback
+        sys.exit(f"hhh {args.command}: {error}")

@@ -40,6 +40,14 @@ class KafkaSettings(BaseSettings):
     )
     heartbeat_interval_ms: int = Field(default=2000, ge=100)
     request_timeout_ms: int = Field(default=30000, ge=1000)
+    producer_batch_bytes: int = Field(
+        default=1024 * 1024,
+        ge=16 * 1024,
+        description="Producer batch size per partition; large batches carry most of the throughput.",
+    )
+    producer_linger_ms: int = Field(
+        default=10, ge=0, description="How long the producer waits to fill a batch."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSettings:

@@ -1,7 +1,7 @@
 """The event log on Kafka (kafka-python), for deployments of several machines.
 
 Producer: ``acks="all"``, unbounded retries within ``delivery_timeout_ms``, keyed messages,
-a short linger for batching. Idempotence stays off: kafka-python 2.3's idempotent producer
+large batches with a short linger (throughput comes from batching: see BENCHMARKS.md). Idempotence stays off: kafka-python 2.3's idempotent producer
 fails against some Kafka-protocol brokers, and consumers dedupe by ``event_id`` anyway.
 Consumers: auto-commit off, ``auto_offset_reset="earliest"`` (a new group reads everything;
 ``latest`` would silently skip events published before it joined), commits after the effect.
@@ -47,7 +47,8 @@ class KafkaEventLog(EventLog):
         self._producer = KafkaProducer(
             client_id=client_id,
             acks="all",
-            linger_ms=5,
+            linger_ms=settings.producer_linger_ms,
+            batch_size=settings.producer_batch_bytes,
             enable_idempotence=False,
             max_request_size=MAX_EVENT_BYTES + _ENVELOPE_BYTES,
             **settings.client_options(),

@@ -10,7 +10,9 @@ Ordering: events with the same key go to one partition and are read in publish o
 
 Bad messages never stop a consumer and are never silently dropped: a message that does not
 decode (invalid JSON, unknown schema version, schema mismatch) or whose handler keeps raising
-is republished to the ``dead-letters`` topic with the reason, counted, and skipped.
+is republished by the group consumer that met it to the ``dead-letters`` topic with the
+reason, counted, and skipped. A reader without a group (inspection, the latest-adapter scan)
+skips it with a warning and a count, so that re-reading a topic does not repeat dead letters.
 """
 
 from __future__ import annotations
@@ -132,7 +134,11 @@ class EventConsumer(ABC):
             try:
                 event = decode(raw.topic, raw.payload)
             except DecodeError as error:
-                self.dead_letter(raw, error.reason, str(error))
+                if self.group is None:  # a reader owns no processing: the groups dead-letter
+                    log.warning("skipped undecodable %s: %s", _where(raw), error)
+                    metrics.EVENTS_SKIPPED.labels(topic=raw.topic, reason=error.reason).inc()
+                else:
+                    self.dead_letter(raw, error.reason, str(error))
                 continue
             metrics.EVENTS_CONSUMED.labels(backend=self._event_log.backend, topic=raw.topic).inc()
             records.append(

@@ -18,6 +18,11 @@ EVENTS_DEAD_LETTERED = Counter(
     "Messages moved to the dead-letter topic by a consumer (undecodable, or the handler failed).",
     ["topic", "reason"],
 )
+EVENTS_SKIPPED = Counter(
+    "hhh_events_skipped_total",
+    "Undecodable messages a reader without a group skipped (groups dead-letter them instead).",
+    ["topic", "reason"],
+)
 
 OUTBOX_DEPTH = Gauge("hhh_outbox_depth", "Events in the outbox not yet delivered.", ["outbox"])
 OUTBOX_DELIVERED = Counter(

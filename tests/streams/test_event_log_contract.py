@@ -267,6 +267,13 @@ def test_undecodable_messages_go_to_dead_letters_and_others_flow(
     original = payload.decode() if letter.payload_encoding == "utf-8" else None
     assert original is None or letter.payload == original
 
+    skipped_before = counter("hhh_events_skipped_total", topic=FEEDBACK, reason=reason)
+    with event_log.consumer(None, [FEEDBACK]) as reader:  # re-reading repeats no dead letter
+        assert [r.event.event_id for r in consume(reader, 2)] == [first.event_id, last.event_id]
+    assert counter("hhh_events_skipped_total", topic=FEEDBACK, reason=reason) == skipped_before + 1
+    with event_log.consumer(None, [DEAD_LETTERS]) as reader:
+        assert len(drain(reader, quiet_s=0.5)) == 1
+
 
 def test_a_handler_that_keeps_raising_dead_letters_only_its_record(event_log: EventLog) -> None:
     events = [thumbs(i) for i in range(5)]
