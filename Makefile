@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 bench: install
-	$(BIN)/python bench/streams.py
+	$(BIN)/python -m bench.streams
 
 clean:
 	rm -rf $(VENV) .hhh

@@ -94,6 +94,11 @@ class AdapterRef(BaseModel):
             raise ValueError(f"adapter scope {self.scope!r} needs a version")
         return self
 
+    @property
+    def label(self) -> str:
+        """``base``, ``global@3`` or ``user:ann@2``: for headers, logs and metric labels."""
+        return self.scope if self.version is None else f"{self.scope}@{self.version}"
+
 
 class CompletionEvent(Event):
     """One choice of one chat completion, as the caller received it."""

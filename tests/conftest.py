@@ -1,3 +1,7 @@
 """Shared fixtures: one Kafka-protocol broker and one vLLM engine per test session."""
 
-pytest_plugins = ["tests.fixtures.kafka_broker", "tests.fixtures.event_logs"]
+pytest_plugins = [
+    "tests.fixtures.kafka_broker",
+    "tests.fixtures.event_logs",
+    "tests.fixtures.gateway",
+]

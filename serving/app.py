@@ -1,0 +1,261 @@
+"""The gateway's HTTP layer: routes, caller identity, error mapping, body limit, metrics.
+
+Layers: ``protocol`` (pydantic bodies) → services (``ChatService``, ``FeedbackService``;
+they return a result or raise ``GatewayError``) → this thin router, which maps errors to
+HTTP. Every error body carries ``detail`` (what to fix) and an OpenAI-style ``error`` object,
+so that both plain HTTP clients and the ``openai`` client show the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving import metrics
+from serving.chat import Caller, ChatService
+from serving.completion_ids import CompletionIdSigner
+from serving.config import ApiKey, GatewaySettings
+from serving.engines import EnginePool, EngineUnavailable
+from serving.errors import GatewayError
+from serving.feedback import FeedbackService
+from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
+from serving.routing import AdapterRouter
+from streams.outbox import Outbox, OutboxDrainer
+
+log = logging.getLogger(__name__)
+
+_ROUTES = {
+    "/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/rankings",
+    "/healthz", "/readyz", "/metrics",
+}
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process runs, wired together."""
+
+    settings: GatewaySettings
+    pool: EnginePool
+    router: AdapterRouter
+    outbox: Outbox
+    drainer: OutboxDrainer
+    client: httpx.AsyncClient
+    chat: ChatService
+    feedback: FeedbackService
+    api_keys: dict[str, ApiKey]
+
+
+def build_gateway(settings: GatewaySettings, outbox: Outbox, drainer: OutboxDrainer) -> Gateway:
+    """Wire a gateway for ``settings``; the outbox and its drainer come from the caller."""
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
+    pool = EnginePool(settings.engine_urls, client, interval_s=settings.health_interval_s)
+    router = AdapterRouter()
+    signer = CompletionIdSigner(settings.signing_secret())
+    return Gateway(
+        settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer, client=client,
+        chat=ChatService(settings, pool, router, signer, outbox, client),
+        feedback=FeedbackService(signer, outbox),
+        api_keys=settings.key_table() if settings.auth else {},
+    )
+
+
+def get_gateway(request: Request) -> Gateway:
+    """The gateway this app serves."""
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
+    """The caller named by the API key; ``None`` when auth is off."""
+    if not gateway.settings.auth:
+        return None
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise GatewayError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
+    owner = gateway.api_keys.get(authorization[7:].strip())
+    if owner is None:
+        raise GatewayError(401, "invalid_api_key", "the API key is not valid")
+    return Caller(user_id=owner.user, roles=frozenset(owner.roles))
+
+
+Authenticated = Annotated[Caller | None, Depends(authenticate)]
+
+
+def caller_of(gateway: Gateway, authenticated: Caller | None, user: str | None) -> Caller:
+    """With auth on the API key names the caller; with auth off the ``user`` field (or anonymous)."""
+    return authenticated or Caller(user_id=user or gateway.settings.anonymous_user)
+
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, gateway: GatewayDep, authenticated: Authenticated):
+    return await gateway.chat.complete(body, caller_of(gateway, authenticated, body.user))
+
+
+@router.get("/v1/models")
+async def models(gateway: GatewayDep, _: Authenticated) -> dict:
+    return {"object": "list", "data": [{
+        "id": gateway.settings.served_model_name, "object": "model", "created": 0, "owned_by": "hhh",
+    }]}
+
+
+@router.post("/v1/feedback")
+def feedback(body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
+    return gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user))
+
+
+@router.post("/v1/rankings")
+def rankings(body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
+    return gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user))
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(gateway: GatewayDep) -> dict:
+    if not gateway.pool.ready:
+        raise GatewayError(503, "not_ready", str(gateway.pool.unavailable()))
+    engines = [{"url": e.url, "up": e.up, "error": e.last_error} for e in gateway.pool.engines]
+    return {"status": "ready", "engines": engines}
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI application serving ``gateway``."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        gateway.drainer.start()
+        await gateway.pool.start()
+        try:
+            yield
+        finally:
+            await gateway.pool.stop()
+            gateway.drainer.stop()
+            await gateway.client.aclose()
+
+    app = FastAPI(title="hhh gateway", version="0.1.0", lifespan=lifespan)
+    app.state.gateway = gateway
+    app.include_router(router)
+    app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, error: GatewayError) -> JSONResponse:
+        return _error(request, error.status, error.reason, error.detail)
+
+    @app.exception_handler(EngineUnavailable)
+    async def on_engine_unavailable(request: Request, error: EngineUnavailable) -> JSONResponse:
+        return _error(request, 503, "engine_unavailable", str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(request, 400, "invalid_request", _describe(error))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(request, 500, "internal_error", "internal error; it was logged")
+
+    return app
+
+
+def _error(request: Request, status: int, reason: str, detail: str) -> JSONResponse:
+    if status < 500:
+        metrics.REJECTED.labels(route=_route(request.url.path), reason=reason).inc()
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"detail": detail, "error": {"message": detail, "type": kind, "code": reason}}
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe(error: RequestValidationError) -> str:
+    """One sentence per problem: where it is and what is wrong."""
+    problems = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item["loc"] if part != "body") or "body"
+        if item["type"] == "json_invalid":
+            problems.append(f"malformed JSON: {item.get('ctx', {}).get('error', item['msg'])}")
+        elif item["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown field; remove it (see the OpenAI API reference)")
+        elif item["type"] == "missing":
+            problems.append(f"{where}: required field is missing")
+        else:
+            problems.append(f"{where}: {item['msg']}")
+    more = len(error.errors()) - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def _route(path: str) -> str:
+    return path if path in _ROUTES else "other"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitAndMetrics:
+    """ASGI middleware: refuse bodies over the limit (413), count requests and time them."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self._app = app
+        self._max = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        route, started, status, received = _route(scope["path"]), time.perf_counter(), 500, 0
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        too_large = f"the request body exceeds the limit of {self._max:,} bytes"
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self._max:
+                raise _BodyTooLarge
+            return message
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if declared.isdigit() and int(declared) > self._max:
+                raise _BodyTooLarge
+            await self._app(scope, limited_receive, observed_send)
+        except _BodyTooLarge:
+            metrics.REJECTED.labels(route=route, reason="body_too_large").inc()
+            status = 413
+            response = JSONResponse(
+                {"detail": too_large, "error": {"message": too_large, "type": "invalid_request_error",
+                                                 "code": "body_too_large"}},
+                status_code=413,
+            )
+            await response(scope, receive, send)
+        finally:
+            metrics.HTTP_REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)

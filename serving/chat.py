@@ -1,0 +1,314 @@
+"""Chat completions: route to an adapter, proxy to a vLLM engine, sign and log every choice.
+
+vLLM's own OpenAI server does the chat template, sampling, ``n``, streaming and logprobs; the
+gateway adds identity, routing, completion ids and logging, and touches the response only to
+add those. It asks the engine for token ids (exact per-choice token counts, streamed or not)
+and usage, and strips both again unless the client asked for usage.
+
+Logging: one ``CompletionEvent`` per choice goes to the outbox after the response is sent
+(non-streamed) or when the stream ends; a stream the client leaves early is logged with
+``truncated=True``. The outbox write is local, so logging adds no broker latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from serving import metrics
+from serving.completion_ids import CompletionClaim, CompletionIdSigner, prompt_hash
+from serving.config import GatewaySettings
+from serving.engines import Engine, EnginePool
+from serving.errors import GatewayError
+from serving.protocol import ChatCompletionRequest
+from serving.routing import AdapterRouter, Route
+from streams.codec import COMPLETIONS
+from streams.events import ChatMessage, CompletionEvent, SamplingParams
+from streams.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the auth layer established it."""
+
+    user_id: str
+    roles: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Exchange:
+    """One chat request on its way through the gateway."""
+
+    request: ChatCompletionRequest
+    caller: Caller
+    route: Route
+    completion_ids: list[str]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    def events(
+        self, texts: list[str], finish_reasons: list[str | None], tokens: list[int],
+        prompt_tokens: int, *, truncated: bool,
+    ) -> list[CompletionEvent]:
+        latency_ms = (time.perf_counter() - self.started) * 1000
+        ttft_ms = None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
+        messages = [message.as_event_message() for message in self.request.messages]
+        return [
+            CompletionEvent(
+                completion_id=self.completion_ids[index],
+                request_id=self.request_id,
+                prompt_id=prompt_hash(messages),
+                user_id=self.caller.user_id,
+                messages=messages,
+                completion=texts[index],
+                choice_index=index,
+                finish_reason=finish_reasons[index],
+                truncated=truncated and finish_reasons[index] is None,
+                adapter=self.route.adapter,
+                model=self.route.engine_model,
+                sampling=_sampling(self.request),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=tokens[index],
+                latency_ms=latency_ms,
+                time_to_first_token_ms=ttft_ms,
+            )
+            for index in range(self.request.n)
+        ]
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-hhh-completion-ids": ",".join(self.completion_ids),
+            "x-hhh-adapter": self.route.adapter.label,
+        }
+
+    def decorate(self, payload: dict) -> None:
+        """Add hhh's fields to a response or chunk; drop what the engine sent only for us."""
+        payload.pop("prompt_token_ids", None)
+        payload["id"] = self.completion_ids[0]
+        payload["model"] = self.request.model
+        payload["hhh_adapter"] = self.route.adapter.model_dump()
+        for choice in payload.get("choices", []):
+            choice["completion_id"] = self.completion_ids[choice["index"]]
+
+
+def _sampling(request: ChatCompletionRequest) -> SamplingParams:
+    return SamplingParams(
+        temperature=request.temperature, top_p=request.top_p, max_tokens=request.token_limit,
+        n=request.n, seed=request.seed, stop=request.stop_list(),
+        presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+    )
+
+
+class ChatService:
+    """Serves ``POST /v1/chat/completions``."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pool: EnginePool,
+        router: AdapterRouter,
+        signer: CompletionIdSigner,
+        outbox: Outbox,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._router = router
+        self._signer = signer
+        self._outbox = outbox
+        self._client = client
+
+    async def complete(self, request: ChatCompletionRequest, caller: Caller) -> Response:
+        """Answer ``request`` for ``caller``: JSON, or an SSE stream if it asked for one.
+
+        Raises ``GatewayError`` for a request to refuse, ``EngineUnavailable`` with no engine up.
+        """
+        self._check_limits(request)
+        route = self._router.route(caller.user_id, self._pool.base_model)
+        exchange = _Exchange(request, caller, route, completion_ids=[])
+        prompt_id = prompt_hash([message.as_event_message() for message in request.messages])
+        exchange.completion_ids = [
+            self._signer.sign(
+                CompletionClaim(caller.user_id, prompt_id, exchange.request_id, index, route.adapter)
+            )
+            for index in range(request.n)
+        ]
+        body = self._engine_body(request, route)
+        if request.stream:
+            return await self._stream(body, exchange)
+        return await self._complete_once(body, exchange)
+
+    def _check_limits(self, request: ChatCompletionRequest) -> None:
+        settings = self._settings
+        if request.model != settings.served_model_name:
+            raise GatewayError(
+                404, "model_not_found",
+                f"model {request.model!r} does not exist; this service serves "
+                f"{settings.served_model_name!r} (GET /v1/models)",
+            )
+        if request.n > settings.max_n:
+            raise GatewayError(400, "n_too_large", f"n={request.n} exceeds the limit of {settings.max_n}")
+        if request.token_limit is not None and request.token_limit > settings.max_tokens:
+            raise GatewayError(
+                400, "max_tokens_too_large",
+                f"max_tokens={request.token_limit} exceeds the limit of {settings.max_tokens}",
+            )
+
+    def _engine_body(self, request: ChatCompletionRequest, route: Route) -> dict:
+        body = request.model_dump(exclude_unset=True, exclude={"max_completion_tokens"})
+        body["model"] = route.engine_model
+        body["max_tokens"] = request.token_limit or self._settings.max_tokens
+        body["return_token_ids"] = True
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def _complete_once(self, body: dict, exchange: _Exchange) -> Response:
+        async with self._pool.lease() as engine:
+            try:
+                response = await self._client.post(
+                    f"{engine.url}/v1/chat/completions", json=body,
+                    timeout=self._settings.request_timeout_s,
+                )
+            except httpx.TransportError as error:
+                raise self._engine_failed(engine, error) from error
+        if response.status_code != 200:
+            raise _engine_refusal(response)
+        payload = response.json()
+        choices = sorted(payload["choices"], key=lambda choice: choice["index"])
+        texts = [choice["message"].get("content") or "" for choice in choices]
+        tokens = [len(choice.pop("token_ids", None) or []) for choice in choices]
+        finish_reasons = [choice.get("finish_reason") for choice in choices]
+        prompt_tokens = (payload.get("usage") or {}).get("prompt_tokens", 0)
+        exchange.decorate(payload)
+        events = exchange.events(texts, finish_reasons, tokens, prompt_tokens, truncated=False)
+        self._observe(exchange, prompt_tokens, sum(tokens))
+        return JSONResponse(
+            payload, headers=exchange.headers(), background=BackgroundTask(self._log, events)
+        )
+
+    async def _stream(self, body: dict, exchange: _Exchange) -> Response:
+        resources = AsyncExitStack()
+        engine = await resources.enter_async_context(self._pool.lease())
+        try:
+            upstream = await self._client.send(
+                self._client.build_request(
+                    "POST", f"{engine.url}/v1/chat/completions", json=body,
+                    timeout=self._settings.request_timeout_s,
+                ),
+                stream=True,
+            )
+        except httpx.TransportError as error:
+            await resources.aclose()
+            raise self._engine_failed(engine, error) from error
+        resources.push_async_callback(upstream.aclose)
+        if upstream.status_code != 200:
+            await upstream.aread()
+            await resources.aclose()
+            raise _engine_refusal(upstream)
+        return StreamingResponse(
+            self._relay(upstream, engine, resources, exchange),
+            media_type="text/event-stream",
+            headers=exchange.headers(),
+        )
+
+    async def _relay(
+        self, upstream: httpx.Response, engine: Engine, resources: AsyncExitStack, exchange: _Exchange
+    ) -> AsyncIterator[str]:
+        """Pass the engine's SSE chunks on, decorated; log the choices however the stream ends."""
+        n = exchange.request.n
+        texts: list[list[str]] = [[] for _ in range(n)]
+        tokens, finish_reasons = [0] * n, [None] * n
+        usage: dict = {}
+        options = exchange.request.stream_options
+        client_wants_usage = bool(options and options.include_usage)
+        finished = False
+        try:
+            async for line in upstream.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    finished = True
+                    yield "data: [DONE]\n\n"
+                    break
+                chunk = json.loads(data)
+                usage = chunk.get("usage") or usage
+                if not client_wants_usage:
+                    chunk.pop("usage", None)
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk we asked for ourselves
+                for choice in chunk.get("choices", []):
+                    index = choice["index"]
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        texts[index].append(content)
+                        exchange.first_token_at = exchange.first_token_at or time.perf_counter()
+                    token_ids = choice.pop("token_ids", None)
+                    tokens[index] += len(token_ids) if token_ids is not None else int(bool(content))
+                    finish_reasons[index] = choice.get("finish_reason") or finish_reasons[index]
+                exchange.decorate(chunk)
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+        except httpx.TransportError as error:
+            self._pool.mark_down(engine, f"{type(error).__name__}: {error}")
+            failure = {"error": {"message": f"the model engine failed mid-stream: {error}",
+                                 "type": "engine_unavailable", "code": 503}}
+            yield f"data: {json.dumps(failure)}\n\n"
+        finally:
+            with anyio.CancelScope(shield=True):
+                await resources.aclose()
+            prompt_tokens = usage.get("prompt_tokens", 0)
+            self._observe(exchange, prompt_tokens, sum(tokens))
+            self._log(exchange.events(
+                ["".join(parts) for parts in texts], finish_reasons, tokens, prompt_tokens,
+                truncated=not finished,
+            ))
+
+    def _engine_failed(self, engine: Engine, error: Exception) -> GatewayError:
+        self._pool.mark_down(engine, f"{type(error).__name__}: {error}")
+        return GatewayError(
+            503, "engine_unavailable",
+            f"the model engine failed during the request ({type(error).__name__}); retry shortly",
+        )
+
+    def _observe(self, exchange: _Exchange, prompt_tokens: int, completion_tokens: int) -> None:
+        scope = exchange.route.adapter.scope.split(":")[0]
+        metrics.CHAT_LATENCY.labels(adapter_scope=scope).observe(time.perf_counter() - exchange.started)
+        if exchange.first_token_at is not None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(adapter_scope=scope).observe(
+                exchange.first_token_at - exchange.started
+            )
+        metrics.TOKENS.labels(direction="in").inc(prompt_tokens)
+        metrics.TOKENS.labels(direction="out").inc(completion_tokens)
+
+    def _log(self, events: list[CompletionEvent]) -> None:
+        try:
+            self._outbox.put_many([(COMPLETIONS, event.prompt_id, event) for event in events])
+        except Exception:  # noqa: BLE001 - a logging failure must not fail a served response
+            log.exception("could not log %d completion events to the outbox", len(events))
+
+
+def _engine_refusal(response: httpx.Response) -> GatewayError:
+    """The gateway error for a non-200 engine answer."""
+    try:
+        document = response.json()
+        error = document.get("error", document)
+        message = error.get("message") if isinstance(error, dict) else str(error)
+    except ValueError:
+        message = response.text[:500]
+    if 400 <= response.status_code < 500 and response.status_code != 404:
+        return GatewayError(response.status_code, "engine_refused", f"the model refused the request: {message}")
+    return GatewayError(502, "engine_error", f"the model engine answered {response.status_code}: {message}")

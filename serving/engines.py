@@ -1,0 +1,120 @@
+"""The vLLM engines behind the gateway: health checks and least-loaded choice.
+
+Each engine is a vLLM OpenAI server. A background task asks every engine's ``/v1/models``
+each ``interval_s``: an engine that answers is up (and tells the base model it serves), one
+that does not is down until it answers again. A request goes to the up engine with the
+fewest requests in flight; with none up, callers get ``EngineUnavailable`` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+from serving import metrics
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(RuntimeError):
+    """No engine can take a request now."""
+
+
+@dataclass
+class Engine:
+    """One vLLM server and what the gateway knows of it."""
+
+    url: str
+    up: bool = False
+    base_model: str | None = None
+    in_flight: int = 0
+    last_error: str | None = field(default="not checked yet")
+
+
+class EnginePool:
+    """Health-checked engines; ``lease`` picks the least loaded one that is up."""
+
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, *, interval_s: float = 1.0) -> None:
+        if not urls:
+            raise ValueError("the engine pool needs at least one engine URL")
+        self.engines = [Engine(url) for url in urls]
+        self._client = client
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether any engine is up."""
+        return any(engine.up for engine in self.engines)
+
+    @property
+    def base_model(self) -> str:
+        """The base model name the engines serve (from their ``/v1/models``)."""
+        for engine in self.engines:
+            if engine.up and engine.base_model:
+                return engine.base_model
+        raise self.unavailable()
+
+    def unavailable(self) -> EngineUnavailable:
+        """The error for 'no engine is up', naming each engine's last problem."""
+        states = "; ".join(f"{engine.url}: {engine.last_error}" for engine in self.engines)
+        return EngineUnavailable(f"no model engine is available (retry shortly): {states}")
+
+    async def start(self) -> None:
+        """Check every engine once, then keep checking in the background."""
+        await self.check_all()
+        self._task = asyncio.create_task(self._watch(), name="engine-health")
+
+    async def stop(self) -> None:
+        """Stop the health checks."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def check_all(self) -> None:
+        """Check every engine now."""
+        await asyncio.gather(*(self._check(engine) for engine in self.engines))
+
+    def mark_down(self, engine: Engine, error: str) -> None:
+        """Take ``engine`` out of rotation until its next successful health check."""
+        if engine.up:
+            log.warning("engine %s is down: %s", engine.url, error)
+        engine.up, engine.last_error = False, error
+        metrics.ENGINE_UP.labels(engine=engine.url).set(0)
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Engine]:
+        """The up engine with the fewest requests in flight, counted as busy meanwhile."""
+        candidates = [engine for engine in self.engines if engine.up]
+        if not candidates:
+            raise self.unavailable()
+        engine = min(candidates, key=lambda candidate: candidate.in_flight)
+        engine.in_flight += 1
+        try:
+            yield engine
+        finally:
+            engine.in_flight -= 1
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.check_all()
+
+    async def _check(self, engine: Engine) -> None:
+        try:
+            response = await self._client.get(f"{engine.url}/v1/models", timeout=2.0)
+            response.raise_for_status()
+            models = response.json()["data"]
+            engine.base_model = next(m["id"] for m in models if m.get("parent") is None)
+        except (httpx.HTTPError, KeyError, ValueError, StopIteration) as error:
+            self.mark_down(engine, f"{type(error).__name__}: {error}")
+            return
+        if not engine.up:
+            log.info("engine %s is up, serving %s", engine.url, engine.base_model)
+        engine.up, engine.last_error = True, None
+        metrics.ENGINE_UP.labels(engine=engine.url).set(1)

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the gateway (process default registry, served at ``/metrics``).
+
+Thumbs-up ratio per adapter version, as one PromQL expression:
+
+    sum by (adapter) (rate(hhh_feedback_total{kind="thumbs", vote="up"}[1h]))
+      / sum by (adapter) (rate(hhh_feedback_total{kind="thumbs"}[1h]))
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+HTTP_REQUESTS = Counter(
+    "hhh_http_requests_total", "HTTP requests by route and status.", ["route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "hhh_http_request_duration_seconds", "Time to the full response, by route.", ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "hhh_rejected_requests_total",
+    "Requests refused with a 4xx, by route and reason.",
+    ["route", "reason"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "hhh_chat_time_to_first_token_seconds", "Chat: request received to first content.",
+    ["adapter_scope"], buckets=_LATENCY_BUCKETS,
+)
+CHAT_LATENCY = Histogram(
+    "hhh_chat_latency_seconds", "Chat: request received to last token.", ["adapter_scope"],
+    buckets=_LATENCY_BUCKETS,
+)
+TOKENS = Counter("hhh_chat_tokens_total", "Tokens in prompts and completions.", ["direction"])
+FEEDBACK = Counter(
+    "hhh_feedback_total",
+    "Accepted feedback. vote: up/down for thumbs, 'ranking' for rankings; adapter: what "
+    "served the rated (for rankings: the best-ranked) completion, e.g. global@3 or base.",
+    ["kind", "criterion", "vote", "adapter"],
+)
+ENGINE_UP = Gauge("hhh_engine_up", "1 while the engine answers health checks.", ["engine"])
