@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: run test install bench clean
 
 run: install
-	$(BIN)/hhh up
+	$(BIN)/hhh serve
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from streams.config import hhh_home
 
@@ -18,6 +19,13 @@ def _demo_model(args: argparse.Namespace) -> int:
     from trainer.demo_model.build import build_demo_model
 
     print(build_demo_model(args.variant, args.seed, home=hhh_home()))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.serve import serve
+
+    serve(args.model)
     return 0
 
 
@@ -54,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'demo' for the service, 'tiny' for fast tests (default: demo)")
     demo.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     demo.set_defaults(run=_demo_model)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway on http://127.0.0.1:8000 (HHH_GATEWAY_* settings); with no "
+        "engine URLs configured, also start and supervise a vLLM engine on the demo model",
+    )
+    serve.add_argument("--model", type=Path, default=None,
+                       help="model folder for the engine (default: the demo model, built if missing)")
+    serve.set_defaults(run=_serve)
 
     events = commands.add_parser("events", help="inspect the event log (HHH_EVENTS_* settings)")
     event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")

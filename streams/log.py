@@ -18,12 +18,15 @@ skips it with a warning and a count, so that re-reading a topic does not repeat 
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+from prometheus_client import Counter
 
 from streams import metrics
 from streams.codec import DEAD_LETTERS, DecodeError, EventError, check_topic, decode, encode
@@ -79,7 +82,7 @@ class EventLog(ABC):
         """Publish an already-encoded event (the outbox stores events encoded)."""
         check_topic(topic)
         self._send(topic, key, payload)
-        metrics.EVENTS_PUBLISHED.labels(backend=self.backend, topic=topic).inc()
+        _published_counter(self.backend, topic).inc()
 
     @abstractmethod
     def _send(self, topic: str, key: str | None, payload: bytes) -> None:
@@ -240,6 +243,12 @@ class EventConsumer(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@functools.cache
+def _published_counter(backend: str, topic: str) -> Counter:
+    """The labelled counter child, looked up once (``labels`` costs more than ``inc``)."""
+    return metrics.EVENTS_PUBLISHED.labels(backend=backend, topic=topic)
 
 
 def _as_raw(record: Record) -> RawRecord:

@@ -255,3 +255,19 @@ def test_metrics_carry_the_labels_operators_query(gateway: RunningGateway) -> No
         f'hhh_engine_up{{engine="{gateway.gateway.pool.engines[0].url}"}} 1.0',
     ]:
         assert expected in text, expected
+
+
+def test_a_dead_engine_in_the_list_is_skipped(vllm_engine, tmp_path) -> None:  # noqa: ANN001
+    from streams.tansu import free_port
+    from tests.fixtures.gateway import start_gateway
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    running = start_gateway(vllm_engine.url, tmp_path, engine_urls=[dead, vllm_engine.url])
+    try:
+        for _ in range(4):
+            response = client(running).chat.completions.create(model="hhh", messages=QUESTION, max_tokens=2)
+            assert response.choices
+        states = {e["url"]: e["up"] for e in httpx.get(f"{running.url}/readyz").json()["engines"]}
+        assert states == {dead: False, vllm_engine.url: True}
+    finally:
+        running.stop()
