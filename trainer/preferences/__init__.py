@@ -1,0 +1,1 @@
+"""Preference data: pairs from rankings and thumbs, labeler consensus and agreement."""
