@@ -1,0 +1,217 @@
+"""The trainer's dataset store: completions, votes and rankings materialised from the log.
+
+``apply`` stores a batch of log records in one SQLite transaction and is idempotent by
+``event_id``: a redelivered event changes nothing, so the ingest consumer can commit its
+offsets after ``apply`` returns (at-least-once delivery, effectively-once effect).
+
+Order does not matter: a user's vote on a completion is kept only if it is newer
+(``created_at``, then ``event_id``) than the one stored, so out-of-order delivery keeps the
+latest vote; feedback that arrives before its completion is stored and simply yields no pair
+until the completion arrives. The store is a pure function of the set of events, which is
+what makes ``hhh data rebuild`` (replay into a fresh store) give an identical store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.events import CompletionEvent, Event, RankingFeedback, ThumbsFeedback
+from streams.log import Record
+from trainer.preferences.pairs import Consensus, Judgement, merge_judgements, thumbs_pairs
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS completions (
+    completion_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    messages TEXT NOT NULL, completion TEXT NOT NULL, adapter TEXT NOT NULL,
+    truncated INTEGER NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS completions_by_prompt ON completions (prompt_id);
+CREATE TABLE IF NOT EXISTS votes (
+    user_id TEXT NOT NULL, completion_id TEXT NOT NULL, criterion TEXT NOT NULL,
+    vote TEXT NOT NULL, comment TEXT, created_at TEXT NOT NULL, event_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, completion_id, criterion)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rankings (
+    event_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    labeler_id TEXT NOT NULL, criterion TEXT NOT NULL, groups TEXT NOT NULL,
+    unusable TEXT NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+_TABLES = ("applied", "completions", "votes", "rankings")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One training pair: ``chosen`` preferred over ``rejected`` for ``prompt_id``."""
+
+    prompt_id: str
+    criterion: str
+    chosen_id: str
+    rejected_id: str
+    weight: float
+    source: str
+    """``ranking`` or ``thumbs``."""
+    user_id: str | None
+    """The user whose feedback alone gave the pair (for per-user adapters); None if several."""
+    labelers: tuple[str, ...]
+    split: str
+    """``train`` or ``eval``: stable per prompt (hash of the prompt id)."""
+
+
+def split_of(prompt_id: str, eval_percent: int) -> str:
+    """``eval`` for a stable ``eval_percent`` % of prompts, by the SHA-256 of the prompt id."""
+    bucket = int(hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8], 16) % 100
+    return "eval" if bucket < eval_percent else "train"
+
+
+class DatasetStore:
+    """Completions and feedback in one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def apply(self, records: Iterable[Record]) -> int:
+        """Store the events of ``records`` in one transaction; return how many were new."""
+        new = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                event = record.event
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO applied VALUES (?)", (event.event_id,)
+                ).rowcount
+                if inserted:
+                    new += 1
+                    self._store(event)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return new
+
+    def _store(self, event: Event) -> None:
+        created = event.created_at.isoformat()
+        if isinstance(event, CompletionEvent):
+            messages = json.dumps([m.model_dump() for m in event.messages], separators=(",", ":"))
+            self._db.execute(
+                "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.completion_id, event.prompt_id, event.user_id, messages, event.completion,
+                 event.adapter.label, int(event.truncated), created),
+            )
+        elif isinstance(event, ThumbsFeedback):
+            self._db.execute(
+                "INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, completion_id, criterion) DO UPDATE SET"
+                " vote = excluded.vote, comment = excluded.comment,"
+                " created_at = excluded.created_at, event_id = excluded.event_id"
+                " WHERE (excluded.created_at, excluded.event_id) > (votes.created_at, votes.event_id)",
+                (event.user_id, event.completion_id, event.criterion, event.vote, event.comment,
+                 created, event.event_id),
+            )
+        elif isinstance(event, RankingFeedback):
+            self._db.execute(
+                "INSERT OR IGNORE INTO rankings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.event_id, event.prompt_id, event.user_id, event.labeler_id, event.criterion,
+                 json.dumps(event.ranking), json.dumps(event.unusable), created),
+            )
+
+    def dump(self) -> dict[str, list[tuple]]:
+        """Every row of every table, sorted: equal dumps mean equal stores."""
+        return {table: sorted(self._db.execute(f"SELECT * FROM {table}").fetchall()) for table in _TABLES}
+
+    def build_pairs(self, *, eval_percent: int = 10, min_agreement: float = 0.6) -> PairSet:
+        """The preference pairs the stored feedback gives now (see ``trainer.preferences.pairs``)."""
+        prompt_of = dict(self._db.execute("SELECT completion_id, prompt_id FROM completions"))
+        pairs: list[PreferencePair] = []
+        skipped: dict[str, int] = defaultdict(int)
+        judgements, users_of_prompt = self._judgements(prompt_of, skipped)
+        consensus = merge_judgements(judgements, min_agreement=min_agreement)
+        for pair in consensus.pairs:
+            users = users_of_prompt[(pair.prompt_id, pair.criterion)]
+            pairs.append(PreferencePair(
+                pair.prompt_id, pair.criterion, pair.winner, pair.loser, pair.weight, "ranking",
+                next(iter(users)) if len(users) == 1 else None, pair.labelers,
+                split_of(pair.prompt_id, eval_percent),
+            ))
+        pairs += self._thumbs_pairs(prompt_of, eval_percent, skipped)
+        return PairSet(pairs, consensus, dict(skipped))
+
+    def _judgements(
+        self, prompt_of: dict[str, str], skipped: dict[str, int]
+    ) -> tuple[list[Judgement], dict[tuple[str, str], set[str]]]:
+        """Each labeler's latest ranking per prompt and criterion, checked against the completions."""
+        latest: dict[tuple[str, str, str], tuple[str, Judgement, str]] = {}
+        users: dict[tuple[str, str], set[str]] = defaultdict(set)
+        rows = self._db.execute(
+            "SELECT event_id, prompt_id, user_id, labeler_id, criterion, groups, unusable, created_at"
+            " FROM rankings ORDER BY created_at, event_id"
+        )
+        for event_id, prompt_id, user_id, labeler_id, criterion, groups, unusable, _ in rows:
+            groups, unusable = json.loads(groups), set(json.loads(unusable))
+            ids = [cid for group in groups for cid in group] + sorted(unusable)
+            if any(cid not in prompt_of for cid in ids):
+                skipped["waiting_for_completion"] += 1
+                continue
+            if any(prompt_of[cid] != prompt_id for cid in ids):
+                skipped["mixed_prompts"] += 1
+                continue
+            kept = tuple(tuple(c for c in group if c not in unusable) for group in groups)
+            kept = tuple(group for group in kept if group)
+            if sum(len(group) for group in kept) < 2:
+                skipped["too_few_usable"] += 1
+                continue
+            if unusable:
+                skipped["unusable_completions"] += len(unusable)
+            latest[(prompt_id, criterion, labeler_id)] = (
+                event_id, Judgement(prompt_id, criterion, labeler_id, kept), user_id
+            )
+        for (prompt_id, criterion, _), (_, _, user_id) in latest.items():
+            users[(prompt_id, criterion)].add(user_id)
+        return [judgement for _, judgement, _ in latest.values()], users
+
+    def _thumbs_pairs(
+        self, prompt_of: dict[str, str], eval_percent: int, skipped: dict[str, int]
+    ) -> list[PreferencePair]:
+        by_prompt: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        voters: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for user_id, completion_id, criterion, vote in self._db.execute(
+            "SELECT user_id, completion_id, criterion, vote FROM votes ORDER BY user_id, completion_id"
+        ):
+            if completion_id not in prompt_of:
+                skipped["waiting_for_completion"] += 1
+                continue
+            key = (prompt_of[completion_id], criterion)
+            by_prompt[key][completion_id].append(vote)
+            voters[key].add(user_id)
+        pairs = []
+        for (prompt_id, criterion), votes in sorted(by_prompt.items()):
+            users = voters[(prompt_id, criterion)]
+            user = next(iter(users)) if len(users) == 1 else None
+            for chosen, rejected in thumbs_pairs(votes):
+                pairs.append(PreferencePair(
+                    prompt_id, criterion, chosen, rejected, 1.0, "thumbs", user, tuple(sorted(users)),
+                    split_of(prompt_id, eval_percent),
+                ))
+        return pairs
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+
+@dataclass
+class PairSet:
+    """Pairs built from the store, the labeler consensus behind them, and what was skipped."""
+
+    pairs: list[PreferencePair]
+    consensus: Consensus
+    skipped: dict[str, int]
