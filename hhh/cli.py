@@ -45,6 +45,44 @@ def _events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_rebuild(args: argparse.Namespace) -> int:
+    import os
+    import uuid
+
+    from streams.backends import open_event_log
+    from trainer.config import TrainerSettings
+    from trainer.preferences.ingest import ingest_available
+    from trainer.preferences.store import DatasetStore
+
+    target = TrainerSettings().dataset_path
+    scratch = target.with_name(target.name + ".rebuild")
+    for leftover in (scratch, scratch.with_name(scratch.name + "-wal"), scratch.with_name(scratch.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    store = DatasetStore(scratch)
+    with open_event_log() as event_log:
+        stored = ingest_available(
+            event_log, store, group=f"rebuild-{uuid.uuid4().hex[:8]}", from_beginning=True, idle_s=args.idle
+        )
+    store.close()
+    os.replace(scratch, target)
+    print(f"rebuilt {target} from the log: {stored} events")
+    return 0
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from trainer.config import TrainerSettings
+    from trainer.preferences.report import format_stats
+    from trainer.preferences.store import DatasetStore
+
+    settings = TrainerSettings()
+    if not settings.dataset_path.exists():
+        raise ValueError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
+    store = DatasetStore(settings.dataset_path)
+    print(format_stats(store.build_pairs(eval_percent=settings.eval_percent,
+                                         min_agreement=settings.min_agreement)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -71,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", type=Path, default=None,
                        help="model folder for the engine (default: the demo model, built if missing)")
     serve.set_defaults(run=_serve)
+
+    data = commands.add_parser("data", help="the trainer's dataset (HHH_TRAINER_* settings)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    rebuild = data_commands.add_parser(
+        "rebuild", help="replay the event log from the beginning into a fresh dataset store"
+    )
+    rebuild.add_argument("--idle", type=float, default=2.0,
+                         help="seconds without new events that end the replay (default: 2)")
+    rebuild.set_defaults(run=_data_rebuild)
+    stats = data_commands.add_parser(
+        "stats", help="pairs by source and criterion, labeler agreement, per-labeler table"
+    )
+    stats.set_defaults(run=_data_stats)
 
     events = commands.add_parser("events", help="inspect the event log (HHH_EVENTS_* settings)")
     event_commands = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")

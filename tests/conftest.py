@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.kafka_broker",
     "tests.fixtures.event_logs",
+    "tests.fixtures.vllm_engine",
     "tests.fixtures.gateway",
 ]

@@ -53,3 +53,33 @@ def test_invalid_settings_name_the_value(tmp_path: Path) -> None:
     assert env_result.returncode == 1
     assert "Input should be 'sqlite' or 'kafka'" in env_result.stderr
     assert "kafkaa" in env_result.stderr
+
+
+def test_data_rebuild_then_stats_report_pairs_and_agreement(tmp_path: Path) -> None:
+    from tests.trainer.test_store import completion
+
+    from streams.codec import COMPLETIONS
+    from streams.events import RankingFeedback
+
+    with SqliteEventLog(tmp_path / "events.db") as event_log:
+        for cid in "abc":
+            event_log.publish(COMPLETIONS, "p1", completion(cid))
+        for labeler, order in (("ann", "abc"), ("bo", "abc"), ("cy", "cba")):
+            event_log.publish(FEEDBACK, labeler, RankingFeedback(
+                prompt_id="p1", user_id=labeler, labeler_id=labeler, ranking=[[c] for c in order]))
+
+    rebuilt = hhh("data", "rebuild", "--idle", "0.3", home=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "6 events" in rebuilt.stdout
+
+    stats = hhh("data", "stats", home=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    assert "ranking  helpfulness" in stats.stdout and "total 3" in stats.stdout
+    assert "Krippendorff's alpha" in stats.stdout
+    cy = next(line for line in stats.stdout.splitlines() if line.strip().startswith("cy "))
+    assert "0.0%" in cy
+
+
+def test_data_stats_without_a_dataset_says_what_to_run(tmp_path: Path) -> None:
+    result = hhh("data", "stats", home=tmp_path)
+    assert result.returncode == 1 and "run `hhh data rebuild` first" in result.stderr

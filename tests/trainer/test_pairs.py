@@ -88,3 +88,14 @@ def test_krippendorff_alpha_matches_a_hand_computation() -> None:
     assert krippendorff_alpha_nominal(units) == pytest.approx(8 / 15)
     assert krippendorff_alpha_nominal([{"x": 1, "y": 1}, {"x": -1, "y": -1}]) == pytest.approx(1.0)
     assert krippendorff_alpha_nominal([{"x": 1}]) is None
+
+
+def test_with_three_labelers_the_odd_one_out_loses_and_the_majority_keeps_its_pairs() -> None:
+    judgements = [judgement("ann", "p", "a", "b", "c"), judgement("bo", "p", "a", "b", "c"),
+                  judgement("cy", "p", "c", "b", "a")]
+    consensus = merge_judgements(judgements, min_agreement=0.6, min_overlap=3)
+    assert consensus.labeler_agreement == {"cy": 0.0}  # ann's and bo's others are split 1-1
+    assert consensus.labeler_weight == {"cy": 0.0}
+    assert sorted((p.winner, p.loser, p.weight) for p in consensus.pairs) == [
+        ("a", "b", 1.0), ("a", "c", 1.0), ("b", "c", 1.0)
+    ]

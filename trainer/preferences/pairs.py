@@ -18,6 +18,7 @@ contested each pair was; per-pair margins are exactly what the weighted reward l
 
 Labeler quality. Each labeler's agreement is the share of their judgements on pairs that
 other labelers also judged which match the others' weighted consensus (leave-one-out).
+Pairs on which the others are split say nothing about a labeler and are not counted.
 A labeler below ``min_agreement`` (with enough overlap to tell) is down-weighted to their
 agreement, and the consensus is recomputed — the course's labeler who misread the
 instructions then barely moves the data. Overall agreement is reported as Krippendorff's
@@ -154,6 +155,8 @@ def _leave_one_out_agreement(votes: dict[Unit, dict[str, int]]) -> dict[str, flo
         for labeler, value in by_labeler.items():
             others = {l: v for l, v in by_labeler.items() if l != labeler}
             for_a, for_b, _ = _tally(others, {})
+            if for_a == for_b and set(others.values()) != {TIE}:
+                continue  # the others are split: no consensus to agree or disagree with
             consensus = PREFERRED if for_a > for_b else REVERSED if for_b > for_a else TIE
             judged[labeler] += 1
             agree[labeler] += int(value == consensus)
