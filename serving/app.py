@@ -1,5 +1,8 @@
 """The gateway's HTTP layer: routes, caller identity, error mapping, body limit, metrics.
 
+Every dependency and handler is ``async``: FastAPI runs plain ``def`` ones in a threadpool,
+a thread handoff per call that cost more than the work (measured: bench/serving.py).
+
 Layers: ``protocol`` (pydantic bodies) → services (``ChatService``, ``FeedbackService``;
 they return a result or raise ``GatewayError``) → this thin router, which maps errors to
 HTTP. Every error body carries ``detail`` (what to fix) and an OpenAI-style ``error`` object,
@@ -70,7 +73,7 @@ def build_gateway(settings: GatewaySettings, outbox: Outbox, drainer: OutboxDrai
     )
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     """The gateway this app serves."""
     return request.app.state.gateway
 
@@ -78,7 +81,7 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
+async def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
     """The caller named by the API key; ``None`` when auth is off."""
     if not gateway.settings.auth:
         return None
@@ -114,13 +117,13 @@ async def models(gateway: GatewayDep, _: Authenticated) -> dict:
 
 
 @router.post("/v1/feedback")
-def feedback(body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user))
+async def feedback(body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
+    return await gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user))
 
 
 @router.post("/v1/rankings")
-def rankings(body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user))
+async def rankings(body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
+    return await gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user))
 
 
 @router.get("/healthz")

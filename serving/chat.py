@@ -54,10 +54,21 @@ class _Exchange:
     request: ChatCompletionRequest
     caller: Caller
     route: Route
-    completion_ids: list[str]
+    messages: list[ChatMessage]
+    prompt_id: str
+    signer: CompletionIdSigner
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    completion_ids: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.completion_ids = [
+            self.signer.sign(CompletionClaim(
+                self.caller.user_id, self.prompt_id, self.request_id, index, self.route.adapter
+            ))
+            for index in range(self.request.n)
+        ]
 
     def events(
         self, texts: list[str], finish_reasons: list[str | None], tokens: list[int],
@@ -65,14 +76,13 @@ class _Exchange:
     ) -> list[CompletionEvent]:
         latency_ms = (time.perf_counter() - self.started) * 1000
         ttft_ms = None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
-        messages = [message.as_event_message() for message in self.request.messages]
         return [
             CompletionEvent(
                 completion_id=self.completion_ids[index],
                 request_id=self.request_id,
-                prompt_id=prompt_hash(messages),
+                prompt_id=self.prompt_id,
                 user_id=self.caller.user_id,
-                messages=messages,
+                messages=self.messages,
                 completion=texts[index],
                 choice_index=index,
                 finish_reason=finish_reasons[index],
@@ -138,14 +148,8 @@ class ChatService:
         """
         self._check_limits(request)
         route = self._router.route(caller.user_id, self._pool.base_model)
-        exchange = _Exchange(request, caller, route, completion_ids=[])
-        prompt_id = prompt_hash([message.as_event_message() for message in request.messages])
-        exchange.completion_ids = [
-            self._signer.sign(
-                CompletionClaim(caller.user_id, prompt_id, exchange.request_id, index, route.adapter)
-            )
-            for index in range(request.n)
-        ]
+        messages = [message.as_event_message() for message in request.messages]
+        exchange = _Exchange(request, caller, route, messages, prompt_hash(messages), self._signer)
         body = self._engine_body(request, route)
         if request.stream:
             return await self._stream(body, exchange)
@@ -268,14 +272,15 @@ class ChatService:
                                  "type": "engine_unavailable", "code": 503}}
             yield f"data: {json.dumps(failure)}\n\n"
         finally:
-            with anyio.CancelScope(shield=True):
-                await resources.aclose()
             prompt_tokens = usage.get("prompt_tokens", 0)
             self._observe(exchange, prompt_tokens, sum(tokens))
-            self._log(exchange.events(
+            events = exchange.events(
                 ["".join(parts) for parts in texts], finish_reasons, tokens, prompt_tokens,
                 truncated=not finished,
-            ))
+            )
+            with anyio.CancelScope(shield=True):  # a client that left must not stop the logging
+                await resources.aclose()
+                await self._log(events)
 
     def _engine_failed(self, engine: Engine, error: Exception) -> GatewayError:
         self._pool.mark_down(engine, f"{type(error).__name__}: {error}")
@@ -294,9 +299,9 @@ class ChatService:
         metrics.TOKENS.labels(direction="in").inc(prompt_tokens)
         metrics.TOKENS.labels(direction="out").inc(completion_tokens)
 
-    def _log(self, events: list[CompletionEvent]) -> None:
+    async def _log(self, events: list[CompletionEvent]) -> None:
         try:
-            self._outbox.put_many([(COMPLETIONS, event.prompt_id, event) for event in events])
+            await self._outbox.put_many_async([(COMPLETIONS, event.prompt_id, event) for event in events])
         except Exception:  # noqa: BLE001 - a logging failure must not fail a served response
             log.exception("could not log %d completion events to the outbox", len(events))
 

@@ -34,7 +34,7 @@ class FeedbackService:
         self._signer = signer
         self._outbox = outbox
 
-    def thumbs(self, request: ThumbsRequest, caller: Caller) -> FeedbackAccepted:
+    async def thumbs(self, request: ThumbsRequest, caller: Caller) -> FeedbackAccepted:
         """Record a thumbs up/down; raises ``GatewayError`` if the caller may not."""
         claim = self._claim(request.completion_id, caller)
         event = ThumbsFeedback(
@@ -45,13 +45,13 @@ class FeedbackService:
             comment=request.comment,
             criterion=request.criterion,
         )
-        self._outbox.put(FEEDBACK, caller.user_id, event)
+        await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
         metrics.FEEDBACK.labels(
             kind="thumbs", criterion=request.criterion, vote=request.vote, adapter=claim.adapter.label
         ).inc()
         return FeedbackAccepted(event_id=event.event_id)
 
-    def ranking(self, request: RankingRequest, caller: Caller) -> FeedbackAccepted:
+    async def ranking(self, request: RankingRequest, caller: Caller) -> FeedbackAccepted:
         """Record a ranking of one prompt's completions; raises ``GatewayError`` if invalid."""
         groups = request.groups()
         ids = [cid for group in groups for cid in group] + request.unusable
@@ -89,7 +89,7 @@ class FeedbackService:
             ranking=groups,
             unusable=request.unusable,
         )
-        self._outbox.put(FEEDBACK, caller.user_id, event)
+        await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
         metrics.FEEDBACK.labels(
             kind="ranking", criterion=request.criterion, vote="ranking",
             adapter=claims[groups[0][0]].adapter.label,

@@ -16,6 +16,7 @@ Run one drainer per outbox file.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -76,6 +77,11 @@ class Outbox:
         self._connection.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._has_work = threading.Event()
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[list[tuple], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queued = threading.Event()
+        self._committer: threading.Thread | None = None
+        self._closed = False
         self._depth = self._connection.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._publish_depth()
 
@@ -88,6 +94,31 @@ class Outbox:
 
     def put_many(self, items: list[tuple[str, str | None, Event]]) -> None:
         """Store several events in one transaction: all of them or (on error) none."""
+        self._insert(self._encode(items))
+
+    async def put_many_async(self, items: list[tuple[str, str | None, Event]]) -> None:
+        """``put_many`` for an event loop, with group commit: durable when the await returns.
+
+        The events are validated here (errors raise at once); the insert waits for the
+        committer thread, which stores every batch queued meanwhile in one transaction. So the
+        loop never blocks on SQLite, and N concurrent requests cost one commit, not N.
+        """
+        rows = self._encode(items)
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[None] = loop.create_future()
+        with self._queue_lock:
+            if self._closed:
+                raise RuntimeError(f"outbox {self.name} is closed")
+            self._queue.append((rows, loop, stored))
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_queued, name=f"outbox-commit-{self.name}", daemon=True
+                )
+                self._committer.start()
+        self._queued.set()
+        await stored
+
+    def _encode(self, items: list[tuple[str, str | None, Event]]) -> list[tuple]:
         rows = []
         for topic, key, event in items:
             try:
@@ -95,15 +126,41 @@ class Outbox:
             except EventError as error:
                 metrics.EVENTS_REJECTED.labels(topic=topic, reason=error.reason).inc()
                 raise
+        return rows
+
+    def _insert(self, rows: list[tuple]) -> None:
         with self._lock:
             self._connection.execute("BEGIN IMMEDIATE")
-            self._connection.executemany(
-                "INSERT INTO outbox (topic, key, payload, created) VALUES (?, ?, ?, ?)", rows
-            )
-            self._connection.execute("COMMIT")
+            try:
+                self._connection.executemany(
+                    "INSERT INTO outbox (topic, key, payload, created) VALUES (?, ?, ?, ?)", rows
+                )
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
             self._depth += len(rows)
         self._publish_depth()
         self._has_work.set()
+
+    def _commit_queued(self) -> None:
+        """The committer thread: one transaction per gathering of queued async puts."""
+        while True:
+            self._queued.wait()
+            with self._queue_lock:
+                self._queued.clear()
+                batch, self._queue = self._queue, []
+                closing = self._closed
+            if batch:
+                error: BaseException | None = None
+                try:
+                    self._insert([row for rows, _, _ in batch for row in rows])
+                except Exception as failure:  # noqa: BLE001 - handed to every waiting caller
+                    error = failure
+                for _, loop, stored in batch:
+                    loop.call_soon_threadsafe(_settle, stored, error)
+            if closing:
+                return
 
     def depth(self) -> int:
         """Events waiting for delivery."""
@@ -117,13 +174,16 @@ class Outbox:
             ).fetchall()
         return [OutboxEntry(*row) for row in rows]
 
-    def remove(self, ids: list[int]) -> None:
-        """Forget delivered events."""
+    def remove_through(self, last_id: int) -> None:
+        """Forget every event up to ``last_id``: the delivered head of the queue.
+
+        Ids only grow (AUTOINCREMENT under SQLite's single writer), and ``take`` returns the
+        oldest rows, so after a batch is delivered (or dead-lettered) nothing at or below its
+        last id is still waiting.
+        """
         with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            self._connection.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            self._connection.execute("COMMIT")
-            self._depth -= len(ids)
+            removed = self._connection.execute("DELETE FROM outbox WHERE id <= ?", (last_id,)).rowcount
+            self._depth -= removed
         self._publish_depth()
 
     def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
@@ -159,7 +219,13 @@ class Outbox:
         self._has_work.set()
 
     def close(self) -> None:
-        """Close the file (stored events stay for the next open)."""
+        """Finish queued async puts, then close the file (stored events stay)."""
+        with self._queue_lock:
+            self._closed = True
+            committer = self._committer
+        self._queued.set()
+        if committer is not None:
+            committer.join()
         with self._lock:
             self._connection.close()
 
@@ -179,15 +245,18 @@ class OutboxDrainer:
         flush_timeout_s: float = 30.0,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        linger_s: float = 0.02,
     ) -> None:
         """``connect`` opens the event log (and creates its topics); it is called again after
-        any delivery failure, so a broker that was reset is met with fresh clients."""
+        any delivery failure, so a broker that was reset is met with fresh clients.
+        ``linger_s``: how long the thread lets a partial batch gather before delivering it."""
         self.outbox = outbox
         self._connect = connect
         self._batch_size = batch_size
         self._flush_timeout_s = flush_timeout_s
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._linger_s = linger_s
         self._event_log: EventLog | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -199,16 +268,16 @@ class OutboxDrainer:
             return 0
         if self._event_log is None:
             self._event_log = self._connect()
-        delivered = []
+        delivered = 0
         for entry in entries:
             try:
                 self._event_log.publish_bytes(entry.topic, entry.key, entry.payload)
-                delivered.append(entry.id)
+                delivered += 1
             except _PERMANENT_ERRORS as error:
                 self.outbox.dead_letter(entry, f"{type(error).__name__}: {error}")
         self._event_log.flush(self._flush_timeout_s)
-        self.outbox.remove(delivered)
-        metrics.OUTBOX_DELIVERED.labels(outbox=self.outbox.name).inc(len(delivered))
+        self.outbox.remove_through(entries[-1].id)
+        metrics.OUTBOX_DELIVERED.labels(outbox=self.outbox.name).inc(delivered)
         return len(entries)
 
     def drain(self, timeout_s: float) -> None:
@@ -243,6 +312,8 @@ class OutboxDrainer:
             if self.outbox.depth() == 0:
                 self.outbox.wait_for_work(1.0)
                 continue
+            if self.outbox.depth() < self._batch_size:
+                self._stopping.wait(self._linger_s)  # let a batch gather: one flush, not many
             if self._attempt():
                 backoff = self._initial_backoff_s
             else:
@@ -268,3 +339,13 @@ class OutboxDrainer:
                 event_log.close()
             except Exception as error:  # noqa: BLE001 - closing a broken client may fail too
                 log.debug("closing the event log failed: %s", error)
+
+
+def _settle(stored: asyncio.Future[None], error: BaseException | None) -> None:
+    """Resolve an async put's future on its own loop (unless its caller gave up waiting)."""
+    if stored.cancelled():
+        return
+    if error is None:
+        stored.set_result(None)
+    else:
+        stored.set_exception(error)

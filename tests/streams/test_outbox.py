@@ -175,3 +175,20 @@ def test_killing_the_publisher_mid_drain_loses_nothing(
     assert len(received) == 1000  # nothing duplicated past dedupe …
     assert sorted(e.completion_id for e in received.values()) == sorted(f"c{i}" for i in range(1000))
     assert Outbox(outbox_path, name="crash-probe").depth() == 0
+
+
+def test_concurrent_async_puts_share_commits_and_are_durable_when_awaited(tmp_path: Path) -> None:
+    import asyncio
+
+    outbox = Outbox(tmp_path / "outbox.db", name="group-commit")
+    events = [thumbs(i) for i in range(300)]
+
+    async def put_all() -> None:
+        await asyncio.gather(*(outbox.put_many_async([(FEEDBACK, e.user_id, e)]) for e in events))
+        with pytest.raises(ValueError, match="unknown topic"):
+            await outbox.put_many_async([("nope", None, thumbs(0))])
+
+    asyncio.run(put_all())
+    outbox.close()
+    stored = Outbox(tmp_path / "outbox.db", name="group-commit-reopened").take(1000)
+    assert sorted(entry.payload for entry in stored) == sorted(encode(FEEDBACK, e) for e in events)
