@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -53,7 +52,6 @@ class Gateway:
     router: AdapterRouter
     outbox: Outbox
     drainer: OutboxDrainer
-    client: httpx.AsyncClient
     chat: ChatService
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
@@ -61,13 +59,12 @@ class Gateway:
 
 def build_gateway(settings: GatewaySettings, outbox: Outbox, drainer: OutboxDrainer) -> Gateway:
     """Wire a gateway for ``settings``; the outbox and its drainer come from the caller."""
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
-    pool = EnginePool(settings.engine_urls, client, interval_s=settings.health_interval_s)
+    pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
     return Gateway(
-        settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer, client=client,
-        chat=ChatService(settings, pool, router, signer, outbox, client),
+        settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer,
+        chat=ChatService(settings, pool, router, signer, outbox),
         feedback=FeedbackService(signer, outbox),
         api_keys=settings.key_table() if settings.auth else {},
     )
@@ -156,7 +153,6 @@ def create_app(gateway: Gateway) -> FastAPI:
         finally:
             await gateway.pool.stop()
             gateway.drainer.stop()
-            await gateway.client.aclose()
 
     app = FastAPI(title="hhh gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway

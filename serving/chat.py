@@ -20,15 +20,16 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
-import httpx
+import anyio.lowlevel
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving import metrics
 from serving.completion_ids import CompletionClaim, CompletionIdSigner, prompt_hash
 from serving.config import GatewaySettings
-from serving.engines import Engine, EnginePool
+from serving.engines import ENGINE_ERRORS, Engine, EnginePool
 from serving.errors import GatewayError
 from serving.protocol import ChatCompletionRequest
 from serving.routing import AdapterRouter, Route
@@ -132,14 +133,13 @@ class ChatService:
         router: AdapterRouter,
         signer: CompletionIdSigner,
         outbox: Outbox,
-        client: httpx.AsyncClient,
     ) -> None:
         self._settings = settings
         self._pool = pool
         self._router = router
         self._signer = signer
         self._outbox = outbox
-        self._client = client
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
 
     async def complete(self, request: ChatCompletionRequest, caller: Caller) -> Response:
         """Answer ``request`` for ``caller``: JSON, or an SSE stream if it asked for one.
@@ -183,15 +183,15 @@ class ChatService:
     async def _complete_once(self, body: dict, exchange: _Exchange) -> Response:
         async with self._pool.lease() as engine:
             try:
-                response = await self._client.post(
-                    f"{engine.url}/v1/chat/completions", json=body,
-                    timeout=self._settings.request_timeout_s,
-                )
-            except httpx.TransportError as error:
+                async with self._pool.session.post(
+                    f"{engine.url}/v1/chat/completions", json=body, timeout=self._timeout
+                ) as response:
+                    status, document = response.status, await response.read()
+            except ENGINE_ERRORS as error:
                 raise self._engine_failed(engine, error) from error
-        if response.status_code != 200:
-            raise _engine_refusal(response)
-        payload = response.json()
+        if status != 200:
+            raise _engine_refusal(status, document)
+        payload = json.loads(document)
         choices = sorted(payload["choices"], key=lambda choice: choice["index"])
         texts = [choice["message"].get("content") or "" for choice in choices]
         tokens = [len(choice.pop("token_ids", None) or []) for choice in choices]
@@ -208,21 +208,19 @@ class ChatService:
         resources = AsyncExitStack()
         engine = await resources.enter_async_context(self._pool.lease())
         try:
-            upstream = await self._client.send(
-                self._client.build_request(
-                    "POST", f"{engine.url}/v1/chat/completions", json=body,
-                    timeout=self._settings.request_timeout_s,
-                ),
-                stream=True,
+            upstream = await self._pool.session.post(
+                f"{engine.url}/v1/chat/completions", json=body, timeout=self._timeout
             )
-        except httpx.TransportError as error:
+        except ENGINE_ERRORS as error:
             await resources.aclose()
             raise self._engine_failed(engine, error) from error
-        resources.push_async_callback(upstream.aclose)
-        if upstream.status_code != 200:
-            await upstream.aread()
+        # Closing (not releasing) the connection when the client leaves makes vLLM abort the
+        # generation; a stream read to its end is released back to the pool instead.
+        resources.callback(upstream.close)
+        if upstream.status != 200:
+            document = await upstream.read()
             await resources.aclose()
-            raise _engine_refusal(upstream)
+            raise _engine_refusal(upstream.status, document)
         return StreamingResponse(
             self._relay(upstream, engine, resources, exchange),
             media_type="text/event-stream",
@@ -230,7 +228,8 @@ class ChatService:
         )
 
     async def _relay(
-        self, upstream: httpx.Response, engine: Engine, resources: AsyncExitStack, exchange: _Exchange
+        self, upstream: aiohttp.ClientResponse, engine: Engine, resources: AsyncExitStack,
+        exchange: _Exchange,
     ) -> AsyncIterator[str]:
         """Pass the engine's SSE chunks on, decorated; log the choices however the stream ends."""
         n = exchange.request.n
@@ -241,12 +240,14 @@ class ChatService:
         client_wants_usage = bool(options and options.include_usage)
         finished = False
         try:
-            async for line in upstream.aiter_lines():
+            async for raw_line in upstream.content:
+                line = raw_line.decode("utf-8").rstrip("\r\n")
                 if not line.startswith("data: "):
                     continue
                 data = line.removeprefix("data: ")
                 if data == "[DONE]":
                     finished = True
+                    upstream.release()
                     yield "data: [DONE]\n\n"
                     break
                 chunk = json.loads(data)
@@ -266,7 +267,10 @@ class ChatService:
                     finish_reasons[index] = choice.get("finish_reason") or finish_reasons[index]
                 exchange.decorate(chunk)
                 yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
-        except httpx.TransportError as error:
+                # A burst of buffered chunks would otherwise run without ever suspending,
+                # starving the client-disconnect listener and every other stream on this loop.
+                await anyio.lowlevel.checkpoint()
+        except ENGINE_ERRORS as error:
             self._pool.mark_down(engine, f"{type(error).__name__}: {error}")
             failure = {"error": {"message": f"the model engine failed mid-stream: {error}",
                                  "type": "engine_unavailable", "code": 503}}
@@ -306,14 +310,14 @@ class ChatService:
             log.exception("could not log %d completion events to the outbox", len(events))
 
 
-def _engine_refusal(response: httpx.Response) -> GatewayError:
+def _engine_refusal(status: int, document: bytes) -> GatewayError:
     """The gateway error for a non-200 engine answer."""
     try:
-        document = response.json()
-        error = document.get("error", document)
+        parsed = json.loads(document)
+        error = parsed.get("error", parsed)
         message = error.get("message") if isinstance(error, dict) else str(error)
-    except ValueError:
-        message = response.text[:500]
-    if 400 <= response.status_code < 500 and response.status_code != 404:
-        return GatewayError(response.status_code, "engine_refused", f"the model refused the request: {message}")
-    return GatewayError(502, "engine_error", f"the model engine answered {response.status_code}: {message}")
+    except (ValueError, AttributeError):
+        message = document[:500].decode("utf-8", "replace")
+    if 400 <= status < 500 and status != 404:
+        return GatewayError(status, "engine_refused", f"the model refused the request: {message}")
+    return GatewayError(502, "engine_error", f"the model engine answered {status}: {message}")

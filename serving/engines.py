@@ -14,11 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from serving import metrics
 
 log = logging.getLogger(__name__)
+
+
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+ENGINE_ERRORS = (aiohttp.ClientError, TimeoutError)
+"""What a failed exchange with an engine raises (refused, reset, cut off, timed out)."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -39,13 +45,24 @@ class Engine:
 class EnginePool:
     """Health-checked engines; ``lease`` picks the least loaded one that is up."""
 
-    def __init__(self, urls: list[str], client: httpx.AsyncClient, *, interval_s: float = 1.0) -> None:
+    def __init__(self, urls: list[str], *, interval_s: float = 1.0) -> None:
         if not urls:
             raise ValueError("the engine pool needs at least one engine URL")
         self.engines = [Engine(url) for url in urls]
-        self._client = client
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The one HTTP session for all engine traffic (open between ``start`` and ``stop``).
+
+        aiohttp, not httpx: per proxied request it cost about 1.5 ms less CPU here, CPU that
+        a vLLM engine on the same cores would otherwise lose (bench/serving.py).
+        """
+        if self._session is None:
+            raise RuntimeError("the engine pool is not started")
+        return self._session
 
     @property
     def ready(self) -> bool:
@@ -66,15 +83,19 @@ class EnginePool:
         return EngineUnavailable(f"no model engine is available (retry shortly): {states}")
 
     async def start(self) -> None:
-        """Check every engine once, then keep checking in the background."""
+        """Open the session, check every engine once, then keep checking in the background."""
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         await self.check_all()
         self._task = asyncio.create_task(self._watch(), name="engine-health")
 
     async def stop(self) -> None:
-        """Stop the health checks."""
+        """Stop the health checks and close the session."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def check_all(self) -> None:
         """Check every engine now."""
@@ -107,11 +128,11 @@ class EnginePool:
 
     async def _check(self, engine: Engine) -> None:
         try:
-            response = await self._client.get(f"{engine.url}/v1/models", timeout=2.0)
-            response.raise_for_status()
-            models = response.json()["data"]
+            async with self.session.get(f"{engine.url}/v1/models", timeout=_HEALTH_TIMEOUT) as response:
+                response.raise_for_status()
+                models = (await response.json())["data"]
             engine.base_model = next(m["id"] for m in models if m.get("parent") is None)
-        except (httpx.HTTPError, KeyError, ValueError, StopIteration) as error:
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError, StopIteration) as error:
             self.mark_down(engine, f"{type(error).__name__}: {error}")
             return
         if not engine.up:

@@ -1,73 +1,101 @@
-"""The engine pool: health checks, least-loaded choice, and a clear error with none up."""
+"""The engine pool: health checks, least-loaded choice, and a clear error with none up.
+
+The "engines" are tiny aiohttp servers on loopback answering /v1/models as vLLM does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import httpx
 import pytest
+from aiohttp import web
 
 from serving.engines import EnginePool, EngineUnavailable
+from streams.tansu import free_port
 
 
-def models_app(alive: set[str]) -> httpx.MockTransport:
-    """Engines answering /v1/models like vLLM does, for the URLs in ``alive`` only."""
-    def handle(request: httpx.Request) -> httpx.Response:
-        base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
-        if base not in alive:
-            raise httpx.ConnectError("connection refused", request=request)
-        return httpx.Response(200, json={"data": [{"id": "demo", "parent": None},
-                                                  {"id": "global-v1", "parent": "demo"}]})
-    return httpx.MockTransport(handle)
+async def models(_: web.Request) -> web.Response:
+    return web.json_response({"data": [{"id": "demo", "parent": None}, {"id": "global-v1", "parent": "demo"}]})
 
 
-URLS = ["http://e1:1", "http://e2:2", "http://e3:3"]
+@asynccontextmanager
+async def fake_engine(port: int) -> AsyncIterator[str]:
+    """A server answering /v1/models on ``port`` while the block runs."""
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 def test_requests_go_to_the_least_loaded_engine_that_is_up() -> None:
+    ports = [free_port() for _ in range(3)]
+
     async def scenario() -> list[str]:
-        async with httpx.AsyncClient(transport=models_app({URLS[0], URLS[1]})) as client:
-            pool = EnginePool(URLS, client)
-            await pool.check_all()
-            assert pool.ready and pool.base_model == "demo"
-            chosen = []
-            async with pool.lease() as first:
-                chosen.append(first.url)
-                async with pool.lease() as second:
-                    chosen.append(second.url)
-                    async with pool.lease() as third:
-                        chosen.append(third.url)
-            assert all(engine.in_flight == 0 for engine in pool.engines)
-            return chosen
+        async with fake_engine(ports[0]), fake_engine(ports[1]):
+            pool = EnginePool([url(p) for p in ports])
+            await pool.start()
+            try:
+                assert pool.ready and pool.base_model == "demo"
+                chosen = []
+                async with pool.lease() as first:
+                    chosen.append(first.url)
+                    async with pool.lease() as second:
+                        chosen.append(second.url)
+                        async with pool.lease() as third:
+                            chosen.append(third.url)
+                assert all(engine.in_flight == 0 for engine in pool.engines)
+                return chosen
+            finally:
+                await pool.stop()
 
     chosen = asyncio.run(scenario())
-    assert URLS[2] not in chosen  # down
-    assert set(chosen[:2]) == {URLS[0], URLS[1]}  # the second lease avoids the busy engine
+    assert url(ports[2]) not in chosen  # nothing listens there
+    assert set(chosen[:2]) == {url(ports[0]), url(ports[1])}  # the second lease avoids the busy one
 
 
 def test_with_no_engine_up_the_error_names_each_engines_problem() -> None:
+    dead = [url(free_port()) for _ in range(2)]
+
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=models_app(set())) as client:
-            pool = EnginePool(URLS[:2], client)
-            await pool.check_all()
-            with pytest.raises(EngineUnavailable, match="http://e1:1: ConnectError") as error:
+        pool = EnginePool(dead)
+        await pool.start()
+        try:
+            with pytest.raises(EngineUnavailable, match="ClientConnectorError") as error:
                 async with pool.lease():
                     pass
-            assert "retry shortly" in str(error.value) and "http://e2:2" in str(error.value)
+            assert "retry shortly" in str(error.value)
+            assert all(address in str(error.value) for address in dead)
+        finally:
+            await pool.stop()
 
     asyncio.run(scenario())
 
 
-def test_an_engine_comes_back_after_it_answers_again() -> None:
-    alive: set[str] = set()
+def test_an_engine_comes_back_once_it_answers_again() -> None:
+    port = free_port()
 
     async def scenario() -> None:
-        async with httpx.AsyncClient(transport=models_app(alive)) as client:
-            pool = EnginePool(URLS[:1], client)
+        pool = EnginePool([url(port)])
+        await pool.start()
+        try:
+            assert not pool.ready
+            async with fake_engine(port):
+                await pool.check_all()
+                assert pool.ready
             await pool.check_all()
             assert not pool.ready
-            alive.add(URLS[0])
-            await pool.check_all()
-            assert pool.ready
+        finally:
+            await pool.stop()
 
     asyncio.run(scenario())

@@ -224,9 +224,14 @@ def test_openai_client_sees_the_reason_of_a_refusal(gateway: RunningGateway) -> 
     assert [m.id for m in client(gateway).models.list()] == ["hhh"]
 
 
-def test_a_client_leaving_mid_stream_is_logged_as_truncated(gateway: RunningGateway) -> None:
-    body = {"model": "hhh", "messages": QUESTION, "max_tokens": 200, "stream": True,
-            "temperature": 1.0, "stop": []}
+def test_a_client_leaving_mid_stream_is_logged_as_truncated(gateway: RunningGateway, tiny_model_dir) -> None:  # noqa: ANN001
+    from transformers import AutoTokenizer
+
+    # The end-of-sequence token is banned, so the answer runs to max_tokens: it cannot finish
+    # before the client leaves, however the engine batches its output.
+    eos = AutoTokenizer.from_pretrained(tiny_model_dir).eos_token_id
+    body = {"model": "hhh", "messages": QUESTION, "max_tokens": 500, "stream": True,
+            "temperature": 1.0, "logit_bias": {str(eos): -100}}
     headers = {"authorization": "Bearer sk-alice"}
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers) as response:
         completion_id = response.headers["x-hhh-completion-ids"]
