@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible gateway, feedback endpoints, adapter routing, vLLM engines."""

