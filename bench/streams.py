@@ -7,6 +7,9 @@ Phases per backend (each on a fresh topic namespace):
   consume      one group consumer reads the N events back: events/s
   concurrent   a producer process and a consumer process at once: each one's events/s, and
                the consumer's lag when the producer finished (does it keep up?)
+Kafka publish paths: the same N events published as event objects (validated and encoded per
+call), as pre-encoded bytes (``publish_bytes``, the outbox drainer's path), and by a bare
+kafka-python producer with the same settings (the ceiling: what the client library alone does).
 Outbox: ``Outbox.put`` rate (the request path's cost), then an ``OutboxDrainer`` delivering
 the backlog to Kafka: events/s until the outbox is empty.
 Kafka is the Tansu test broker (memory storage) on loopback, sharing the 2 cores.
@@ -20,6 +23,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from kafka import KafkaProducer
 
 from streams.codec import COMPLETIONS, encode
 from streams.config import KafkaSettings
@@ -67,6 +72,38 @@ def publish(backend: str, location: str, count: int) -> float:
     event_log.flush()
     elapsed = time.perf_counter() - start
     event_log.close()
+    return count / elapsed
+
+
+def publish_encoded(location: str, count: int) -> float:
+    """Publish ``count`` pre-encoded events to Kafka with ``publish_bytes`` and flush; events/s."""
+    payloads = [(event.user_id, encode(COMPLETIONS, event)) for event in make_events(count)]
+    event_log = open_log("kafka", location)
+    start = time.perf_counter()
+    for key, payload in payloads:
+        event_log.publish_bytes(COMPLETIONS, key, payload)
+    event_log.flush()
+    elapsed = time.perf_counter() - start
+    event_log.close()
+    return count / elapsed
+
+
+def kafka_python_alone(location: str, count: int) -> float:
+    """The same pre-encoded events through a bare ``KafkaProducer`` configured as hhh's; events/s."""
+    payloads = [(event.user_id.encode(), encode(COMPLETIONS, event)) for event in make_events(count)]
+    event_log = open_log("kafka", location)  # creates the topics
+    event_log.close()
+    bootstrap, prefix = location.split("|")
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = KafkaProducer(acks="all", linger_ms=settings.producer_linger_ms,
+                             batch_size=settings.producer_batch_bytes, enable_idempotence=False,
+                             **settings.client_options())
+    start = time.perf_counter()
+    for key, payload in payloads:
+        producer.send(prefix + COMPLETIONS, key=key, value=payload)
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    producer.close()
     return count / elapsed
 
 
@@ -139,6 +176,12 @@ def main() -> None:
             consumed = consume(backend, here, count)
             produced_live, consumed_live, lag = concurrent(backend, location("concurrent"), count)
             rows.append((backend, published, consumed, produced_live, consumed_live, lag))
+        kafka_paths = [
+            (name, measure(f"{broker.bootstrap_servers}|{name.split()[0]}{uuid.uuid4().hex[:6]}.", count))
+            for name, measure in (("events (publish)", lambda loc, n: publish("kafka", loc, n)),
+                                  ("pre-encoded (publish_bytes)", publish_encoded),
+                                  ("kafka-python alone", kafka_python_alone))
+        ]
         put_rate, delivered = outbox_to_kafka(broker.bootstrap_servers, count, folder)
 
     print(f"\n{count:,} events of {EVENT_BYTES} bytes per phase\n")
@@ -147,6 +190,9 @@ def main() -> None:
     for backend, published, consumed, produced_live, consumed_live, lag in rows:
         print(f"| {backend} | {published:,.0f} | {consumed:,.0f} | {produced_live:,.0f} | "
               f"{consumed_live:,.0f} | {lag:.2f} s |")
+    print("\n| Kafka publish path | ev/s |\n|---|---:|")
+    for name, rate in kafka_paths:
+        print(f"| {name} | {rate:,.0f} |")
     print(f"\n| outbox | put ev/s (request path) | delivered to Kafka ev/s |\n|---|---:|---:|\n"
           f"| sqlite → kafka | {put_rate:,.0f} | {delivered:,.0f} |")
 
