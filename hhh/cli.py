@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from serving.adapters.cli import register as register_adapter_commands
 from streams.config import hhh_home
 
 
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", action="store_true", help="keep waiting for new events")
     tail.add_argument("--wait", type=float, default=1.0, help="seconds to wait per poll")
     tail.set_defaults(run=_events_tail)
+    register_adapter_commands(commands)
     return parser
 
 

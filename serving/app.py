@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
@@ -25,6 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
+from serving.adapters import admin
+from serving.adapters.config import AdapterSettings
+from serving.adapters.controller import HotSwapController
+from serving.adapters.store import AdapterStore
 from serving.chat import Caller, ChatService
 from serving.completion_ids import CompletionIdSigner
 from serving.config import ApiKey, GatewaySettings
@@ -33,13 +37,15 @@ from serving.errors import GatewayError
 from serving.feedback import FeedbackService
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
+from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
 
 log = logging.getLogger(__name__)
 
 _ROUTES = {
     "/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/rankings",
-    "/healthz", "/readyz", "/metrics",
+    "/healthz", "/readyz", "/metrics", "/admin/adapters", "/admin/adapters/rollback",
+    "/admin/adapters/pin", "/admin/adapters/unpin",
 }
 
 
@@ -55,18 +61,38 @@ class Gateway:
     chat: ChatService
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
+    adapters: HotSwapController | None = None
 
 
-def build_gateway(settings: GatewaySettings, outbox: Outbox, drainer: OutboxDrainer) -> Gateway:
-    """Wire a gateway for ``settings``; the outbox and its drainer come from the caller."""
+def build_gateway(
+    settings: GatewaySettings,
+    outbox: Outbox,
+    drainer: OutboxDrainer,
+    *,
+    adapter_log: Callable[[], EventLog] | None = None,
+    adapter_settings: AdapterSettings | None = None,
+) -> Gateway:
+    """Wire a gateway for ``settings``; the outbox and its drainer come from the caller.
+
+    ``adapter_log`` opens the event log whose ``adapters`` topic the hot-swap controller
+    follows; without it the gateway serves the base model only.
+    """
     pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
+    adapters = None
+    if adapter_log is not None:
+        adapter_settings = adapter_settings or AdapterSettings()
+        adapters = HotSwapController(
+            adapter_settings, adapter_settings.replica(settings.port),
+            AdapterStore(adapter_settings.store_root), router, pool, adapter_log,
+        )
     return Gateway(
         settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer,
         chat=ChatService(settings, pool, router, signer, outbox),
         feedback=FeedbackService(signer, outbox),
         api_keys=settings.key_table() if settings.auth else {},
+        adapters=adapters,
     )
 
 
@@ -148,15 +174,21 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         gateway.drainer.start()
         await gateway.pool.start()
+        if gateway.adapters is not None:
+            gateway.adapters.start()
         try:
             yield
         finally:
+            if gateway.adapters is not None:
+                await gateway.adapters.stop()
             await gateway.pool.stop()
             gateway.drainer.stop()
 
     app = FastAPI(title="hhh gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
     app.include_router(router)
+    if gateway.settings.admin_key is not None:
+        app.include_router(admin.router)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
 
     @app.exception_handler(GatewayError)

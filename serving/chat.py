@@ -5,6 +5,10 @@ gateway adds identity, routing, completion ids and logging, and touches the resp
 add those. It asks the engine for token ids (exact per-choice token counts, streamed or not)
 and usage, and strips both again unless the client asked for usage.
 
+Routing: the request is counted in flight on its route from the moment the route is chosen
+until the engine's answer is read (or the stream ends), so the hot-swap controller unloads a
+retired adapter only once nothing uses it.
+
 Logging: one ``CompletionEvent`` per choice goes to the outbox after the response is sent
 (non-streamed) or when the stream ends; a stream the client leaves early is logged with
 ``truncated=True``. The outbox write is local, so logging adds no broker latency.
@@ -147,13 +151,22 @@ class ChatService:
         Raises ``GatewayError`` for a request to refuse, ``EngineUnavailable`` with no engine up.
         """
         self._check_limits(request)
-        route = self._router.route(caller.user_id, self._pool.base_model)
-        messages = [message.as_event_message() for message in request.messages]
-        exchange = _Exchange(request, caller, route, messages, prompt_hash(messages), self._signer)
-        body = self._engine_body(request, route)
-        if request.stream:
-            return await self._stream(body, exchange)
-        return await self._complete_once(body, exchange)
+        route = self._router.acquire(caller.user_id, self._pool.base_model)
+        served = streaming = False
+        try:
+            messages = [message.as_event_message() for message in request.messages]
+            exchange = _Exchange(request, caller, route, messages, prompt_hash(messages), self._signer)
+            body = self._engine_body(request, route)
+            if request.stream:
+                response = await self._stream(body, exchange)
+                streaming = True  # the relay releases the route when the stream ends
+                return response
+            response = await self._complete_once(body, exchange)
+            served = True
+            return response
+        finally:
+            if not streaming:
+                self._router.release(route, served=served)
 
     def _check_limits(self, request: ChatCompletionRequest) -> None:
         settings = self._settings
@@ -284,6 +297,7 @@ class ChatService:
             )
             with anyio.CancelScope(shield=True):  # a client that left must not stop the logging
                 await resources.aclose()
+                self._router.release(exchange.route, served=finished)
                 await self._log(events)
 
     def _engine_failed(self, engine: Engine, error: Exception) -> GatewayError:

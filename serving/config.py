@@ -62,6 +62,11 @@ class GatewaySettings(BaseSettings):
         description="HMAC key of completion ids; every replica needs the same one. Unset: a key "
         "generated once and kept in $HHH_HOME/signing.key (one machine).",
     )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer credential of the admin API (/admin/adapters: list, rollback, pin). "
+        "Unset: the admin API is off (404).",
+    )
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` a request may ask for.")
     max_tokens: int = Field(default=512, ge=1, description="Largest `max_tokens` allowed.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
@@ -87,6 +92,13 @@ class GatewaySettings(BaseSettings):
             if key.lower() in _PLACEHOLDER_SECRETS or len(key) < _MIN_SIGNING_KEY_CHARS:
                 raise ValueError(
                     f"signing_key must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
+                    f"characters, not a placeholder (got {len(key)} characters)"
+                )
+        if self.admin_key is not None:
+            key = self.admin_key.get_secret_value()
+            if key.lower() in _PLACEHOLDER_SECRETS or len(key) < _MIN_SIGNING_KEY_CHARS:
+                raise ValueError(
+                    f"admin_key must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
                     f"characters, not a placeholder (got {len(key)} characters)"
                 )
         return self

@@ -38,6 +38,8 @@ class Engine:
     url: str
     up: bool = False
     base_model: str | None = None
+    base_model_root: str | None = None
+    """Where the engine loaded its base model from (``root`` in its ``/v1/models``)."""
     in_flight: int = 0
     last_error: str | None = field(default="not checked yet")
 
@@ -131,7 +133,8 @@ class EnginePool:
             async with self.session.get(f"{engine.url}/v1/models", timeout=_HEALTH_TIMEOUT) as response:
                 response.raise_for_status()
                 models = (await response.json())["data"]
-            engine.base_model = next(m["id"] for m in models if m.get("parent") is None)
+            base = next(m for m in models if m.get("parent") is None)
+            engine.base_model, engine.base_model_root = base["id"], base.get("root")
         except (aiohttp.ClientError, TimeoutError, KeyError, ValueError, StopIteration) as error:
             self.mark_down(engine, f"{type(error).__name__}: {error}")
             return

@@ -38,3 +38,23 @@ FEEDBACK = Counter(
     ["kind", "criterion", "vote", "adapter"],
 )
 ENGINE_UP = Gauge("hhh_engine_up", "1 while the engine answers health checks.", ["engine"])
+
+ADAPTER_LIVE_VERSION = Gauge(
+    "hhh_adapter_live_version", "Adapter version this replica serves, per scope (0: none).", ["scope"]
+)
+ADAPTER_SWAPS = Counter(
+    "hhh_adapter_swaps_total", "Adapter versions switched live, by scope kind (global/user).",
+    ["scope_kind"],
+)
+ADAPTER_SWAP_SECONDS = Histogram(
+    "hhh_adapter_swap_seconds",
+    "Adapter event received to the first request served by the new version.",
+    buckets=_LATENCY_BUCKETS,
+)
+ADAPTER_REFUSED = Counter(
+    "hhh_adapter_refused_total", "Adapter versions refused (the old one kept serving), by reason.",
+    ["reason"],
+)
+ADAPTERS_LOADED = Gauge(
+    "hhh_adapters_loaded", "Adapters this replica has loaded into each engine.", ["engine"]
+)

@@ -3,7 +3,9 @@
 With ``HHH_GATEWAY_ENGINE_URLS`` empty (the default) the gateway starts one vLLM server on the
 demo model (built on first use), watches it, and restarts it whenever it exits; meanwhile the
 gateway answers 503 with the reason, and ``/readyz`` reports not ready. With engine URLs
-configured, the engines are someone else's to run (several machines, GPUs).
+configured, the engines are someone else's to run (several machines, GPUs). Either way the
+gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
+(``serving/adapters/controller.py``; settings ``HHH_ADAPTERS_*``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import uvicorn
 
+from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
 from serving.config import GatewaySettings
 from serving.engine import EngineConfig, EngineProcess
@@ -63,6 +66,7 @@ def serve(model_dir: Path | None = None) -> None:
     """Run the gateway until interrupted (and the engine, unless engine URLs are configured)."""
     settings = GatewaySettings()
     events = EventLogSettings()
+    adapter_settings = AdapterSettings()
     supervisor = None
     if not settings.engine_urls:
         if model_dir is None:
@@ -73,10 +77,15 @@ def serve(model_dir: Path | None = None) -> None:
         supervisor = EngineSupervisor(engine)
         supervisor.start()
         settings = settings.model_copy(update={"engine_urls": [engine.url]})
+        adapter_settings = adapter_settings.model_copy(update={
+            "base_model_dir": model_dir, "max_lora_rank": engine.config.max_lora_rank,
+        })
         log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
     outbox = Outbox(events.outbox_path, name="gateway")
     drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
-    app = create_app(build_gateway(settings, outbox, drainer))
+    gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
+                            adapter_settings=adapter_settings)
+    app = create_app(gateway)
     log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

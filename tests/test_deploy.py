@@ -53,3 +53,13 @@ def test_prometheus_scrapes_the_gateway_and_loads_the_rules() -> None:
     assert config["rule_files"] == ["alerts.yml"]
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
+
+
+def test_dashboard_and_alerts_watch_adapter_swaps() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "hhh-serving.json").read_text())
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    watched = queried([target["expr"] for panel in dashboard["panels"] for target in panel["targets"]])
+    alerted = queried([rule["expr"] for group in rules["groups"] for rule in group["rules"]])
+    assert {"hhh_adapter_live_version", "hhh_adapter_swap_seconds_bucket", "hhh_adapter_swaps_total",
+            "hhh_adapter_refused_total", "hhh_adapters_loaded"} <= watched
+    assert {"hhh_adapter_refused_total", "hhh_adapter_swap_seconds_bucket"} <= alerted
