@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serving.adapters.cli import register as register_adapter_commands
 from streams.config import hhh_home
+from trainer.reward.cli import register as register_reward_commands
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--wait", type=float, default=1.0, help="seconds to wait per poll")
     tail.set_defaults(run=_events_tail)
     register_adapter_commands(commands)
+    register_reward_commands(commands)
     return parser
 
 

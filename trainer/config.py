@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.config import hhh_home
@@ -26,3 +27,205 @@ class TrainerSettings(BaseSettings):
         default=0.6, ge=0, le=1,
         description="Labelers agreeing less often with the others' consensus are down-weighted.",
     )
+    runs_dir: Path = Field(
+        default_factory=lambda: hhh_home() / "runs",
+        description="Run records (`<round>.jsonl`: every PPO/DPO iteration and gate verdict).",
+    )
+    lock_dir: Path = Field(
+        default_factory=lambda: hhh_home() / "locks",
+        description="Per-scope lock files: one trainer per scope at a time (shared by trainer processes).",
+    )
+    round_interval_s: float = Field(default=300.0, ge=0, description="`hhh train`: pause between rounds.")
+    ingest_idle_s: float = Field(
+        default=1.0, gt=0, description="Ingest stops once the log has been quiet this long."
+    )
+    ppo_iterations: int = Field(default=8, ge=1, description="PPO iterations per global round.")
+    prompt_pool: int = Field(
+        default=512, ge=1, description="Most recent distinct training prompts PPO samples from."
+    )
+    gate_prompts: int = Field(default=64, ge=1, description="Held-out prompts the gate samples on.")
+    min_user_pairs: int = Field(
+        default=32, ge=1, description="Training pairs of a user's own before they get a personal adapter."
+    )
+    user_agreement_margin: float = Field(
+        default=0.05, ge=0,
+        description="A personal adapter is published if it agrees with the user's held-out pairs "
+        "better than the global adapter by this much.",
+    )
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""Every linear layer of a Llama block."""
+
+
+class RewardSettings(BaseSettings):
+    """The reward model: what it is built on, how it trains, when it is refreshed."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_REWARD_", extra="forbid")
+
+    base_model: Path | None = Field(
+        default=None,
+        description="Folder of the policy's base model (a causal LM); the reward model is this "
+        "model with its own LoRA adapter and a value head. Default: the demo model, built if missing.",
+    )
+    sequence_classifier: Path | None = Field(
+        default=None,
+        description="A Hugging Face sequence-classification checkpoint to use instead of "
+        "`base_model` (its score head is trained, its body gets the LoRA adapter).",
+    )
+    store_dir: Path = Field(
+        default_factory=lambda: hhh_home() / "reward-models",
+        description="Versions are stored in `<store_dir>/<version>/` (adapter, value head, manifest).",
+    )
+    criteria: list[str] | None = Field(
+        default=None, description="Train on pairs of these criteria only (default: every criterion)."
+    )
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank r.")
+    lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA."
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate (constant).")
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    batch_size: int = Field(default=16, ge=1, description="Pairs per optimiser step.")
+    max_tokens_per_forward: int = Field(
+        default=2048, ge=2,
+        description="Padded tokens per forward pass; a larger batch is split into micro-batches "
+        "whose gradients add up to the whole batch's (the same step with less activation memory).",
+    )
+    epochs: int = Field(default=3, ge=1, description="Passes over the pairs for a first version.")
+    refresh_epochs: int = Field(
+        default=1, ge=1, description="Passes for a refresh, warm-started from the previous version."
+    )
+    margin: float = Field(
+        default=0.0, ge=0,
+        description="Required reward gap per unit of pair weight: m_i = margin · w_i (0: none).",
+    )
+    max_length: int = Field(
+        default=512, ge=8, description="Tokens per (prompt, completion); longer prompts lose their start."
+    )
+    seed: int = Field(default=0, description="Seed of the adapter's initialisation and the batch order.")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+    refresh_min_new_pairs: int = Field(
+        default=64, ge=1, description="Train a new version once this many training pairs are new."
+    )
+    min_train_pairs: int = Field(default=32, ge=1, description="Fewer training pairs: do not train.")
+    min_eval_pairs: int = Field(
+        default=8, ge=1, description="Fewer held-out pairs: do not train (accuracy would be noise)."
+    )
+    min_prompts: int = Field(
+        default=8, ge=1, description="Fewer distinct training prompts: too one-sided to train on."
+    )
+    max_prompt_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="One prompt giving more than this share of the training pairs: too one-sided.",
+    )
+    poll_interval_s: float = Field(
+        default=60.0, gt=0, description="`hhh train reward` without --once: seconds between checks."
+    )
+
+    @model_validator(mode="after")
+    def _one_model(self) -> RewardSettings:
+        if self.base_model is not None and self.sequence_classifier is not None:
+            raise ValueError(
+                f"set either base_model={self.base_model} or sequence_classifier="
+                f"{self.sequence_classifier} (HHH_REWARD_*), not both"
+            )
+        return self
+
+
+class PPOSettings(BaseSettings):
+    """One PPO round on the global policy adapter (environment variables ``HHH_PPO_*``).
+
+    Defaults follow Ziegler et al. (2019) and CleanRL where they apply to LoRA on small models.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HHH_PPO_", extra="forbid")
+
+    share_base: bool = Field(
+        default=True,
+        description="Policy, reference (and reward model) as named PEFT adapters on one copy of the "
+        "base weights; false: the reference is a separate model (twice the base in memory).",
+    )
+    merge_for_rollout: bool = Field(
+        default=True,
+        description="Sample with the policy adapter merged into a temporary copy of the adapted "
+        "layers (about twice as fast on CPU, that copy held while sampling); false: sample "
+        "through the LoRA layers.",
+    )
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank r of a new policy adapter.")
+    lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA."
+    )
+    rollout_batch_size: int = Field(default=64, ge=1, description="Prompts per iteration (one response each).")
+    num_minibatches: int = Field(default=2, ge=1, description="Mini-batches per PPO epoch.")
+    micro_batch_size: int | None = Field(
+        default=8, ge=1,
+        description="Responses per forward/backward pass; gradients accumulate over a mini-batch "
+        "(same update, activation memory of one micro-batch). Unset: the whole mini-batch at once.",
+    )
+    ppo_epochs: int = Field(default=2, ge=1, description="Passes over each rollout batch.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Longest response sampled.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (log-probs use the same).")
+    max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="AdamW learning rate of adapter and value head.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    gamma: float = Field(default=1.0, ge=0, le=1, description="GAE discount γ (1: the score is not discounted).")
+    lam: float = Field(default=0.95, ge=0, le=1, description="GAE λ.")
+    clip_eps: float = Field(default=0.2, gt=0, description="Policy ratio clip ε.")
+    value_clip_eps: float = Field(default=0.2, gt=0, description="Value clip ε_v around the rollout's values.")
+    value_coef: float = Field(default=0.1, ge=0, description="c1, weight of the value loss.")
+    entropy_coef: float = Field(default=0.0, ge=0, description="c2, weight of the entropy bonus.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        default="k1", description="Per-token KL estimator of the reward penalty (see trainer.rl.kl)."
+    )
+    kl_coef: float = Field(default=0.05, ge=0, description="β, initial (adaptive) or constant (fixed).")
+    kl_target: float | None = Field(
+        default=6.0, gt=0,
+        description="Target of the adaptive controller (nats per response); unset: β stays fixed.",
+    )
+    kl_horizon: int = Field(default=10_000, ge=1, description="Adaptive controller horizon, in responses.")
+    target_approx_kl: float | None = Field(
+        default=0.1, gt=0,
+        description="Stop an update once a mini-batch's approx KL to the rollout policy exceeds this; unset: never.",
+    )
+    whiten_advantages: bool = Field(default=True, description="Whiten advantages over each rollout batch.")
+    seed: int = Field(default=0, description="Seed of adapter init, sampling and mini-batch order.")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+
+    @model_validator(mode="after")
+    def _minibatches_fit(self) -> PPOSettings:
+        if self.rollout_batch_size % self.num_minibatches:
+            raise ValueError(
+                f"rollout_batch_size={self.rollout_batch_size} is not divisible by "
+                f"num_minibatches={self.num_minibatches} (HHH_PPO_*): pick sizes that divide"
+            )
+        return self
+
+    @property
+    def minibatch_size(self) -> int:
+        """Responses per optimiser step."""
+        return self.rollout_batch_size // self.num_minibatches
+
+
+class DPOSettings(BaseSettings):
+    """DPO of a per-user adapter from the deployed global one (environment variables ``HHH_DPO_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_DPO_", extra="forbid")
+
+    beta: float = Field(default=0.1, gt=0, description="DPO β: inverse strength of the pull to the reference.")
+    lora_rank: int = Field(default=8, ge=1, description="LoRA rank r when there is no global adapter to start from.")
+    lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA."
+    )
+    learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    batch_size: int = Field(default=8, ge=1, description="Pairs per optimiser step.")
+    epochs: int = Field(default=3, ge=1, description="Passes over the user's training pairs.")
+    max_length: int = Field(default=512, ge=8, description="Tokens per (prompt, response); longer prompts lose their start.")
+    seed: int = Field(default=0, description="Seed of adapter init and batch order.")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")

@@ -86,6 +86,23 @@ def test_rankings_the_gateway_should_have_refused_are_skipped_and_counted(store:
     assert [(p.chosen_id, p.rejected_id) for p in built.pairs] == [("b", "a")]
 
 
+def test_prompts_are_distinct_recent_first_and_split_like_the_pairs(store: DatasetStore) -> None:
+    events = []
+    for i in range(40):
+        event = completion(f"c{i}", prompt=f"p{i % 20}")
+        events.append(event.model_copy(update={"created_at": T0 + timedelta(minutes=i)}))
+    store.apply(records(*events))
+    train = store.prompts("train", eval_percent=30, limit=100)
+    held_out = store.prompts("eval", eval_percent=30, limit=100)
+    expected_train = [f"p{i}" for i in range(19, -1, -1) if split_of(f"p{i}", 30) == "train"]
+    assert [m[0]["content"] for m in train] == [f"question {p}" for p in expected_train]
+    assert len(train) + len(held_out) == 20 and held_out  # each prompt once, in one split
+    assert len(store.prompts("train", eval_percent=30, limit=3)) == 3
+    texts = store.completion_texts(["c3", "c7", "missing"])
+    assert texts == {"c3": ([{"role": "user", "content": "question p3"}], "answer c3"),
+                     "c7": ([{"role": "user", "content": "question p7"}], "answer c7")}
+
+
 def test_the_eval_split_is_stable_per_prompt() -> None:
     prompts = [f"prompt-{i}" for i in range(2000)]
     held_out = [p for p in prompts if split_of(p, 10) == "eval"]

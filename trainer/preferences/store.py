@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS rankings (
 """
 
 _TABLES = ("applied", "completions", "votes", "rankings")
+Message = dict[str, str]
+"""A chat message: ``{"role": ..., "content": ...}``."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,34 @@ class DatasetStore:
                     split_of(prompt_id, eval_percent),
                 ))
         return pairs
+
+    def event_count(self) -> int:
+        """How many distinct events the store holds: where its data stands, for manifests."""
+        return self._db.execute("SELECT COUNT(*) FROM applied").fetchone()[0]
+
+    def completion_texts(self, completion_ids: Iterable[str]) -> dict[str, tuple[list[Message], str]]:
+        """(prompt messages, completion text) of each stored completion among ``completion_ids``."""
+        wanted = set(completion_ids)
+        rows = self._db.execute("SELECT completion_id, messages, completion FROM completions")
+        return {cid: (json.loads(messages), text) for cid, messages, text in rows if cid in wanted}
+
+    def prompts(self, split: str, *, eval_percent: int, limit: int) -> list[list[Message]]:
+        """The messages of up to ``limit`` distinct prompts of ``split``, most recently used first.
+
+        Prompts are what users sent (the messages before a completion); the split is the same
+        stable hash split as the pairs', so held-out prompts never reach training.
+        """
+        rows = self._db.execute(
+            "SELECT prompt_id, messages FROM completions GROUP BY prompt_id"
+            " ORDER BY MAX(created_at) DESC, prompt_id"
+        )
+        chosen = []
+        for prompt_id, messages in rows:
+            if split_of(prompt_id, eval_percent) == split:
+                chosen.append(json.loads(messages))
+                if len(chosen) == limit:
+                    break
+        return chosen
 
     def close(self) -> None:
         """Close the file."""

@@ -1,0 +1,69 @@
+"""The training daemon end to end on the embedded log: feedback that prefers polite replies →
+reward model → a PPO round on the global adapter → the gate → a published adapter version and
+its `adapters` event; then a round against that version, refused over a tight KL budget.
+
+That PPO raises the reward is `tests/trainer/test_ppo_trainer.py`'s test; here the first gate
+is lenient, so the test is about the round's plumbing, records and verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serving.adapters.store import AdapterStore
+from streams.codec import ADAPTERS
+from streams.sqlite_log import SqliteEventLog
+from tests.trainer.test_reward_refresh import publish_all, politeness_events
+from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.daemon import VERDICTS, TrainingDaemon
+from trainer.gate import GateSettings
+
+
+def daemon_for(tmp_path: Path, model_dir: Path, event_log: SqliteEventLog, **gate: object) -> TrainingDaemon:
+    settings = TrainerSettings(dataset_path=tmp_path / "dataset.db", eval_percent=20,
+                               runs_dir=tmp_path / "runs", lock_dir=tmp_path / "locks",
+                               ppo_iterations=3, gate_prompts=8, min_user_pairs=10_000)
+    reward = RewardSettings(base_model=model_dir, store_dir=tmp_path / "reward-models", epochs=2,
+                            max_length=96, threads=2)
+    ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
+                      learning_rate=2e-3, kl_target=None)
+    gates = GateSettings(samples_per_prompt=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
+    return TrainingDaemon(event_log, AdapterStore(tmp_path / "adapters"), model_dir, settings, reward,
+                          ppo, DPOSettings(), gates)
+
+
+def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    event_log = SqliteEventLog(tmp_path / "events.db")
+    event_log.create_topics()
+    publish_all(event_log, politeness_events(range(0, 120)))
+    lenient = {"reward_margin": -100.0, "kl_budget": 1e6, "agreement_z": 1e6}
+    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, **lenient)
+    published_before = VERDICTS.labels(scope_kind="global", outcome="published")._value.get()
+
+    report = daemon.run_round()
+
+    assert report.published == ["global@1"], report.steps
+    manifest = daemon.adapters.get("global", 1)
+    assert manifest.parent_version is None  # trained from the base model: nothing was deployed
+    assert {"reward_gain", "kl_to_deployed", "heldout_pair_agreement", "dataset_events"} <= set(manifest.metrics)
+    assert manifest.metrics["dataset_events"] == 540.0  # the data it was trained on
+    assert manifest.metrics["reward_model_version"] == 1.0
+    assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
+    with event_log.consumer(None, [ADAPTERS]) as reader:
+        events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
+    assert [(e.scope, e.version) for e in events] == [("global", 1)]
+    run = [json.loads(line) for line in (tmp_path / "runs" / f"{report.round_id}.jsonl").read_text().splitlines()]
+    assert [entry["kind"] for entry in run] == ["ppo"] * 4  # three iterations and the verdict
+    assert run[-1]["gate"]["publish"] is True
+
+    # A second round trains against the version now deployed; over a tight KL budget it is refused.
+    tight = daemon_for(tmp_path, tiny_model_dir, event_log, kl_budget=1e-3)
+    second = tight.run_round()
+    assert second.published == [], second.steps
+    assert "reward model: version 1 is current" in second.steps[1]  # no new pairs: no retraining
+    assert any("exceeds the budget" in step for step in second.steps), second.steps
+    assert [m.version for m in (v.manifest for v in tight.adapters.list("global"))] == [1]
+    event_log.close()

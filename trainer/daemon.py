@@ -1,0 +1,249 @@
+"""The training daemon: one round after another of ingest → reward model → PPO → gate → publish.
+
+A round (`TrainingDaemon.run_round`):
+
+1. **ingest** the ``completions`` and ``feedback`` topics into the dataset store (offsets
+   committed after the rows are stored);
+2. **reward model**: refresh it when enough new pairs arrived (`refresh_reward_model`); without
+   any reward-model version the round ends here;
+3. **global PPO** under the ``global`` scope lock: policy and reference start from the adapter
+   deployed for ``global`` now (the base model on the first round), PPO on recent training
+   prompts, then the gate (`trainer.gate`) on held-out prompts and pairs; a candidate that
+   passes is published (adapter store write, then the ``adapters`` event);
+4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
+   own, under that user's scope lock: DPO from the deployed global adapter (also the
+   reference), published as ``user:<id>`` if it agrees with the user's held-out pairs better
+   than the global adapter does by ``user_agreement_margin``.
+
+Every step's effect is durable before the next begins, and nothing is visible half-written:
+the dataset commits per batch, reward models and adapters are written under a temporary name
+and renamed. A trainer killed anywhere therefore restarts the round from ingest, which skips
+what it already stored. The one gap — killed after an adapter was stored but before its event
+was sent — is closed at start-up: `announce_current` re-sends each scope's current version
+(replicas ignore a version they already serve). Verdicts, published or refused, go to the run
+record ``<runs_dir>/<round>.jsonl`` and to Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from prometheus_client import Counter
+
+from serving.adapters.publish import announce, publish_adapter
+from serving.adapters.store import AdapterStore
+from streams.log import EventLog
+from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.gate import GateSettings, measure, pair_preferences, weighted_share
+from trainer.locks import ScopeBusy, scope_lock
+from trainer.preferences.ingest import ingest_available
+from trainer.preferences.store import DatasetStore, PreferencePair
+from trainer.reward.refresh import refresh_reward_model
+from trainer.reward.scorer import RewardScorer
+from trainer.reward.versions import RewardModelStore
+from trainer.rl import dpo
+from trainer.rl.dpo import DPOTrainer, load_dpo_stack
+from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
+from trainer.rl.ppo import PPOTrainer
+from trainer.rl.record import RunRecord
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = Counter(
+    "hhh_trainer_verdicts", "Candidate adapters the gate published or refused, by scope kind and reason.",
+    ["scope_kind", "outcome"],
+)
+
+
+@dataclass
+class RoundReport:
+    """What one round did: a line per step, and the adapters it published."""
+
+    round_id: str
+    steps: list[str] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    """Labels of published versions, e.g. ``global@3``."""
+
+    def note(self, line: str) -> None:
+        logger.info("round %s: %s", self.round_id, line)
+        self.steps.append(line)
+
+
+class TrainingDaemon:
+    """Runs training rounds against one event log, dataset store and adapter store."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        adapters: AdapterStore,
+        base_model: Path,
+        settings: TrainerSettings,
+        reward: RewardSettings,
+        ppo: PPOSettings,
+        dpo_settings: DPOSettings,
+        gate: GateSettings,
+    ) -> None:
+        self.event_log = event_log
+        self.adapters = adapters
+        self.base_model = base_model
+        self.settings = settings
+        self.reward = reward
+        self.ppo = ppo
+        self.dpo = dpo_settings
+        self.gate = gate
+
+    def announce_current(self) -> None:
+        """Re-send every scope's current version (closes a kill between store write and event)."""
+        for scope in self.adapters.scopes():
+            version = self.adapters.state(scope).desired
+            if version is not None:
+                announce(self.event_log, self.adapters, self.adapters.get(scope, version))
+
+    def run_forever(self) -> None:
+        """Rounds until interrupted, ``round_interval_s`` apart."""
+        self.announce_current()
+        while True:
+            self.run_round()
+            time.sleep(self.settings.round_interval_s)
+
+    def run_round(self) -> RoundReport:
+        """One round (module docstring); returns what it did."""
+        report = RoundReport(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+        dataset = DatasetStore(self.settings.dataset_path)
+        try:
+            stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s)
+            report.note(f"ingested {stored} new events")
+            outcome = refresh_reward_model(self.settings, self.reward, progress=False)
+            report.note(f"reward model: {outcome.message}")
+            if RewardModelStore(self.reward.store_dir).latest() is None:
+                report.note("no reward model yet: no policy round")
+                return report
+            pairs = dataset.build_pairs(eval_percent=self.settings.eval_percent,
+                                        min_agreement=self.settings.min_agreement).pairs
+            self._locked(report, "global", partial(self._global_round, report, dataset, pairs))
+            for user, user_pairs in self._users_with_enough_pairs(pairs).items():
+                self._locked(report, f"user:{user}",
+                             partial(self._user_round, report, dataset, user, user_pairs))
+        finally:
+            dataset.close()
+        return report
+
+    # -- global PPO ----------------------------------------------------------------------------
+
+    def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
+        s = self.settings
+        prompts = dataset.prompts("train", eval_percent=s.eval_percent, limit=s.prompt_pool)
+        heldout = dataset.prompts("eval", eval_percent=s.eval_percent, limit=s.gate_prompts)
+        if len(prompts) < self.ppo.rollout_batch_size or not heldout:
+            report.note(f"global: {len(prompts)} training and {len(heldout)} held-out prompts; PPO needs "
+                        f"{self.ppo.rollout_batch_size} (HHH_PPO_ROLLOUT_BATCH_SIZE) and at least one")
+            return
+        deployed = self.adapters.state("global").desired
+        stack = load_policy_stack(
+            self.base_model, self._path_of("global", deployed),
+            lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
+            share_base=True, seed=self.ppo.seed,
+        )
+        scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
+        record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
+        PPOTrainer(stack, scorer.score, self.ppo, record).train(prompts, s.ppo_iterations)
+        heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
+        decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate)
+        record.write({"gate": decision.as_metrics()})
+        metrics = {"reward_gain": decision.candidate.reward_mean - decision.deployed.reward_mean,
+                   "reward_mean": decision.candidate.reward_mean,
+                   "kl_to_deployed": decision.kl_to_deployed,
+                   "reward_model_version": float(scorer.version),
+                   "dataset_events": float(dataset.event_count())}
+        if decision.candidate.pair_agreement is not None:
+            metrics["heldout_pair_agreement"] = decision.candidate.pair_agreement
+        self._publish_or_refuse(report, stack, "global", deployed, decision.publish,
+                                decision.reasons, metrics)
+
+    # -- per-user DPO --------------------------------------------------------------------------
+
+    def _users_with_enough_pairs(self, pairs: list[PreferencePair]) -> dict[str, list[PreferencePair]]:
+        by_user: dict[str, list[PreferencePair]] = defaultdict(list)
+        for pair in pairs:
+            if pair.user_id is not None:
+                by_user[pair.user_id].append(pair)
+        return {user: user_pairs for user, user_pairs in sorted(by_user.items())
+                if sum(p.split == "train" for p in user_pairs) >= self.settings.min_user_pairs}
+
+    def _user_round(
+        self, report: RoundReport, dataset: DatasetStore, user: str, pairs: list[PreferencePair]
+    ) -> None:
+        scope = f"user:{user}"
+        train, _ = self._texts(dataset, [p for p in pairs if p.split == "train"])
+        heldout, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
+        if len(heldout) < self.gate.min_heldout_pairs:
+            report.note(f"{scope}: {len(heldout)} held-out pairs of their own; the gate needs "
+                        f"{self.gate.min_heldout_pairs} (HHH_GATE_MIN_HELDOUT_PAIRS)")
+            return
+        global_version = self.adapters.state("global").desired
+        stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo)
+        record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
+        DPOTrainer(stack, self.dpo, record).train(train)
+        candidate_prefers, global_prefers = pair_preferences(stack, heldout, self.gate)
+        candidate = weighted_share(candidate_prefers, torch.tensor(weights))
+        reference = weighted_share(global_prefers, torch.tensor(weights))
+        gain = candidate - reference
+        reasons = [] if gain >= self.settings.user_agreement_margin else [
+            f"agreement with {user}'s held-out pairs {candidate:.3f} is not above the global "
+            f"adapter's {reference:.3f} by {self.settings.user_agreement_margin:.3f}"]
+        record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
+                               "global": reference, "heldout_pairs": len(heldout)}})
+        metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
+                   "global_version": float(global_version or 0),
+                   "dataset_events": float(dataset.event_count())}
+        self._publish_or_refuse(report, stack, scope, self.adapters.state(scope).desired,
+                                not reasons, reasons, metrics)
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _publish_or_refuse(
+        self, report: RoundReport, stack: PolicyStack, scope: str, parent: int | None,
+        publish: bool, reasons: list[str] | tuple[str, ...], metrics: dict[str, float],
+    ) -> None:
+        scope_kind = "global" if scope == "global" else "user"
+        if not publish:
+            VERDICTS.labels(scope_kind=scope_kind, outcome="refused").inc()
+            report.note(f"{scope}: candidate refused: {'; '.join(reasons)}")
+            return
+        with tempfile.TemporaryDirectory(prefix=".candidate-", dir=self.settings.runs_dir) as tmp:
+            folder = Path(tmp) / "adapter"
+            stack.save_policy(folder)
+            manifest = publish_adapter(self.adapters, self.event_log, folder, scope,
+                                       base_model=self.base_model, parent=parent, metrics=metrics)
+        VERDICTS.labels(scope_kind=scope_kind, outcome="published").inc()
+        report.published.append(f"{scope}@{manifest.version}")
+        report.note(f"{scope}: published version {manifest.version} (parent {parent})")
+
+    def _path_of(self, scope: str, version: int | None) -> Path | None:
+        return None if version is None else self.adapters.path(scope, version)
+
+    @staticmethod
+    def _texts(
+        dataset: DatasetStore, pairs: list[PreferencePair]
+    ) -> tuple[list[dpo.PreferencePair], list[float]]:
+        """The pairs with their prompt and completion texts, and their weights."""
+        texts = dataset.completion_texts({c for p in pairs for c in (p.chosen_id, p.rejected_id)})
+        return ([dpo.PreferencePair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
+                 for p in pairs], [p.weight for p in pairs])
+
+    def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:
+        """Run `step` holding the scope's lock; skip it (noted) when another trainer holds it."""
+        try:
+            with scope_lock(self.settings.lock_dir, scope):
+                step()
+        except ScopeBusy as busy:
+            report.note(f"{scope}: skipped: {busy}")

@@ -1,0 +1,210 @@
+"""The reward model r(x, y): a scalar per (prompt, completion) sequence.
+
+Two kinds, chosen by configuration (``RewardSettings``):
+
+- ``value_head`` (default): the policy's base causal LM with its own LoRA adapter, named
+  ``reward``, and a linear value head on the hidden state of the last non-pad token. The base
+  weights stay frozen, so the PPO trainer can load this adapter into the very ``PeftModel``
+  that holds its policy adapter (``RewardModel.attach``) and keep one copy of the base in memory.
+- ``sequence_classifier``: any Hugging Face sequence-classification checkpoint with one label;
+  its body gets the LoRA adapter and its score head is trained with it (PEFT ``modules_to_save``).
+
+A sequence is the chat-templated prompt (with the generation prompt), the completion and EOS,
+exactly what the policy sees and emits; sequences longer than ``max_length`` lose the start of
+the prompt, so the completion and its last token are always kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+from trainer.config import RewardSettings
+
+REWARD_ADAPTER = "reward"
+"""The PEFT adapter name of the reward model (also its sub-folder in a saved version)."""
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+ModelKind = Literal["value_head", "sequence_classifier"]
+Message = Mapping[str, str]
+"""A chat message: ``{"role": ..., "content": ...}``."""
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    completion: str,
+    max_length: int,
+) -> list[int]:
+    """Token ids of the templated prompt, the completion and EOS; the last ``max_length``."""
+    prompt = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
+    return (prompt_ids + completion_ids + [tokenizer.eos_token_id])[-max_length:]
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) input ids right-padded with ``pad_id``, and the (B, T) attention mask."""
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) position of each row's last non-pad token, for left or right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (attention_mask * positions).argmax(dim=1)
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether each row of the (B, T) mask is ones then zeros."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    prefix = positions[None, :] < attention_mask.sum(dim=1, keepdim=True)  # (B, T)
+    return torch.equal(prefix, attention_mask.bool())
+
+
+class RewardModel(nn.Module):
+    """r(x, y) = value_head(h_last) over the ``reward`` adapter, or a classifier's logit."""
+
+    def __init__(self, backbone: PeftModel, value_head: nn.Linear | None, kind: ModelKind) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = value_head
+        self.kind = kind
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B,) rewards."""
+        with self._reward_adapter_active():
+            if self.value_head is None:
+                return self.backbone(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                ).logits[:, 0]
+            # The decoder alone: the language-model head's (B, T, V) logits are not needed. With
+            # right padding, causal attention never lets a real token see a pad token, so no
+            # padding mask is needed: attention takes its fused causal path, no (B, 1, T, T) mask.
+            decoder = self.backbone.get_base_model().get_decoder()
+            hidden = decoder(
+                input_ids=input_ids,
+                attention_mask=None if is_right_padded(attention_mask) else attention_mask,
+                use_cache=False,
+            ).last_hidden_state  # (B, T, H)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            last_hidden = hidden[rows, last_token_index(attention_mask)]  # (B, H)
+            return self.value_head(last_hidden).squeeze(-1)  # (B,)
+
+    @contextmanager
+    def _reward_adapter_active(self) -> Iterator[None]:
+        """Make ``reward`` the active adapter for one call, then restore the caller's (the
+        policy's, when the base is shared)."""
+        previous = self.backbone.active_adapter
+        if previous == REWARD_ADAPTER:
+            yield
+            return
+        self.backbone.set_adapter(REWARD_ADAPTER)
+        try:
+            yield
+        finally:
+            self.backbone.set_adapter(previous)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter's parameters (and the value or score head): all that training changes."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save(self, folder: Path) -> None:
+        """Write the adapter to ``folder/reward/`` and the value head beside it."""
+        self.backbone.save_pretrained(str(folder), selected_adapters=[REWARD_ADAPTER])
+        if self.value_head is not None:
+            state = {k: t.detach().contiguous() for k, t in self.value_head.state_dict().items()}
+            save_file(state, str(folder / VALUE_HEAD_FILE))
+
+    @classmethod
+    def create(cls, model_path: Path, kind: ModelKind, settings: RewardSettings) -> RewardModel:
+        """A fresh adapter (and value head) on the frozen model at ``model_path``."""
+        lora = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=list(settings.lora_target_modules),
+            task_type="SEQ_CLS" if kind == "sequence_classifier" else None,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            base = _load_base(model_path, kind)
+            backbone = get_peft_model(base, lora, adapter_name=REWARD_ADAPTER)
+            value_head = _new_value_head(base.config.hidden_size) if kind == "value_head" else None
+        return cls(backbone, value_head, kind)
+
+    @classmethod
+    def load(
+        cls, version_dir: Path, model_path: Path, kind: ModelKind, *, trainable: bool
+    ) -> RewardModel:
+        """The model saved in ``version_dir`` on a fresh copy of the base at ``model_path``."""
+        backbone = PeftModel.from_pretrained(
+            _load_base(model_path, kind), str(version_dir / REWARD_ADAPTER),
+            adapter_name=REWARD_ADAPTER, is_trainable=trainable,
+        )
+        value_head = _load_value_head(version_dir) if kind == "value_head" else None
+        if value_head is not None:
+            value_head.requires_grad_(trainable)
+        return cls(backbone, value_head, kind)
+
+    @classmethod
+    def attach(cls, peft_model: PeftModel, version_dir: Path) -> RewardModel:
+        """The saved ``value_head`` reward model as a frozen ``reward`` adapter inside
+        ``peft_model`` (e.g. the PPO policy's), sharing its base weights."""
+        peft_model.load_adapter(str(version_dir / REWARD_ADAPTER), adapter_name=REWARD_ADAPTER)
+        value_head = _load_value_head(version_dir)
+        value_head.requires_grad_(False)
+        return cls(peft_model, value_head, "value_head")
+
+
+def load_tokenizer(model_path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with the model, with a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"the tokenizer of {model_path} has no pad token; set one and save it again"
+        )
+    return tokenizer
+
+
+def _load_base(model_path: Path, kind: ModelKind) -> nn.Module:
+    if kind == "sequence_classifier":
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(model_path), num_labels=1, dtype=torch.float32
+        )
+    return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+
+
+def _new_value_head(hidden_size: int) -> nn.Linear:
+    # No bias: the pairwise loss only sees reward differences, so a bias gets no gradient (only
+    # rounding noise, which Adam would blow up to full-size steps); the offset is normalised away.
+    head = nn.Linear(hidden_size, 1, bias=False)
+    nn.init.normal_(head.weight, std=1 / (hidden_size + 1) ** 0.5)
+    return head
+
+
+def _load_value_head(version_dir: Path) -> nn.Linear:
+    state = load_file(str(version_dir / VALUE_HEAD_FILE))
+    head = nn.Linear(state["weight"].shape[1], 1, bias=False)
+    head.load_state_dict(state)
+    return head

@@ -1,0 +1,234 @@
+"""Refresh the reward model from the dataset store when enough new pairs arrived.
+
+``refresh_reward_model`` builds the pairs the store gives now, and trains a new version when
+there is none yet or when at least ``refresh_min_new_pairs`` training pairs are new since the
+latest one. A refresh warm-starts from the latest version (same base model) and trains
+``refresh_epochs`` passes over all current pairs; a first version trains ``epochs`` passes.
+A pair set too small or too one-sided is refused with a message naming the numbers and the
+setting to change; nothing is stored then. Held-out pairs (by prompt hash) give the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import torch
+from prometheus_client import Counter
+
+from streams.config import hhh_home
+from trainer.config import RewardSettings, TrainerSettings
+from trainer.preferences.store import DatasetStore, PreferencePair
+from trainer.reward.model import ModelKind, RewardModel, encode, load_tokenizer
+from trainer.reward.train import (
+    EncodedPair,
+    evaluate_pairs,
+    normalisation_of,
+    rewards_of,
+    train_pairs,
+)
+from trainer.reward.versions import RewardModelStore, file_sha256
+
+logger = logging.getLogger(__name__)
+
+REFRESHES = Counter(
+    "hhh_reward_refreshes_total",
+    "Reward-model refresh checks by outcome (trained, up_to_date, or why the pairs were refused).",
+    ["outcome"],
+)
+_SCORE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh check did."""
+
+    status: Literal["trained", "up_to_date", "refused"]
+    message: str
+    version: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def pair_key(pair: PreferencePair) -> str:
+    """A stable id of a pair: its prompt, criterion, chosen and rejected completions."""
+    text = "\0".join((pair.prompt_id, pair.criterion, pair.chosen_id, pair.rejected_id))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def unfit_reason(
+    train: list[PreferencePair], held_out: list[PreferencePair], settings: RewardSettings
+) -> tuple[str, str] | None:
+    """(outcome, message) when the pairs are too few or too one-sided to train on, else None."""
+    if len(train) < settings.min_train_pairs:
+        return "too_few_pairs", (
+            f"{len(train)} training pairs, need at least {settings.min_train_pairs} "
+            "(HHH_REWARD_MIN_TRAIN_PAIRS)")
+    if len(held_out) < settings.min_eval_pairs:
+        return "too_few_eval_pairs", (
+            f"{len(held_out)} held-out pairs, need at least {settings.min_eval_pairs} "
+            "(HHH_REWARD_MIN_EVAL_PAIRS; more prompts, or a larger HHH_TRAINER_EVAL_PERCENT)")
+    by_prompt = Tally(p.prompt_id for p in train)
+    if len(by_prompt) < settings.min_prompts:
+        return "one_sided", (
+            f"the training pairs come from {len(by_prompt)} prompts, need at least "
+            f"{settings.min_prompts} (HHH_REWARD_MIN_PROMPTS)")
+    prompt, count = by_prompt.most_common(1)[0]
+    if count / len(train) > settings.max_prompt_share:
+        return "one_sided", (
+            f"prompt {prompt} gives {count} of {len(train)} training pairs "
+            f"({count / len(train):.0%}), more than HHH_REWARD_MAX_PROMPT_SHARE="
+            f"{settings.max_prompt_share:.0%}")
+    return None
+
+
+def resolve_model(settings: RewardSettings) -> tuple[Path, ModelKind]:
+    """The model folder the reward model is built on, and its kind."""
+    if settings.sequence_classifier is not None:
+        return settings.sequence_classifier, "sequence_classifier"
+    if settings.base_model is not None:
+        return settings.base_model, "value_head"
+    from trainer.demo_model.build import build_demo_model
+
+    return build_demo_model("demo", home=hhh_home()), "value_head"
+
+
+def refresh_reward_model(
+    trainer_settings: TrainerSettings, settings: RewardSettings, *, progress: bool | None = None
+) -> RefreshOutcome:
+    """Train and store a new reward-model version if the pairs call for one (module docstring)."""
+    dataset = DatasetStore(trainer_settings.dataset_path)
+    try:
+        pair_set = dataset.build_pairs(
+            eval_percent=trainer_settings.eval_percent, min_agreement=trainer_settings.min_agreement
+        )
+    finally:
+        dataset.close()
+    pairs = [p for p in pair_set.pairs
+             if settings.criteria is None or p.criterion in settings.criteria]
+    train = [p for p in pairs if p.split == "train"]
+    held_out = [p for p in pairs if p.split == "eval"]
+
+    versions = RewardModelStore(settings.store_dir)
+    parent = versions.latest()
+    keys = {pair_key(p) for p in train}
+    new_keys = keys - versions.trained_pair_keys(parent) if parent is not None else keys
+    if parent is not None and len(new_keys) < settings.refresh_min_new_pairs:
+        REFRESHES.labels(outcome="up_to_date").inc()
+        return RefreshOutcome("up_to_date", (
+            f"version {parent} is current: {len(new_keys)} new training pairs, a refresh needs "
+            f"{settings.refresh_min_new_pairs} (HHH_REWARD_REFRESH_MIN_NEW_PAIRS)"), parent)
+    if unfit := unfit_reason(train, held_out, settings):
+        outcome, message = unfit
+        REFRESHES.labels(outcome=outcome).inc()
+        logger.warning("reward_refresh refused=%s: %s", outcome, message)
+        return RefreshOutcome("refused", f"not training a reward model: {message}; nothing stored")
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model_path, kind = resolve_model(settings)
+    model_sha = file_sha256(_weights_file(model_path))
+    warm = parent is not None and _same_model(versions.manifest(parent), kind, model_sha)
+    if parent is not None and not warm:
+        logger.info("reward_refresh cold_start=1: version %d was built on another model", parent)
+    model = (RewardModel.load(versions.path(parent), model_path, kind, trainable=True) if warm
+             else RewardModel.create(model_path, kind, settings))
+    tokenizer = load_tokenizer(model_path)
+    texts = _completion_texts(trainer_settings.dataset_path,
+                              {cid for p in pairs for cid in (p.chosen_id, p.rejected_id)})
+    sequences = {cid: encode(tokenizer, messages, completion, settings.max_length)
+                 for cid, (messages, completion) in texts.items()}
+
+    def encoded(chosen: list[PreferencePair]) -> list[EncodedPair]:
+        return [EncodedPair(sequences[p.chosen_id], sequences[p.rejected_id], p.weight)
+                for p in chosen]
+
+    epochs = settings.refresh_epochs if warm else settings.epochs
+    logger.info("reward_refresh parent_version=%s warm=%d train_pairs=%d new_pairs=%d "
+                "eval_pairs=%d epochs=%d", parent if warm else None, int(warm), len(train),
+                len(new_keys), len(held_out), epochs)
+    started = time.monotonic()
+    train_loss = train_pairs(model, encoded(train), settings, epochs=epochs,
+                             pad_id=tokenizer.pad_token_id, progress=progress)
+    train_seconds = time.monotonic() - started
+    train_ids = sorted({cid for p in train for cid in (p.chosen_id, p.rejected_id)})
+    normalisation = normalisation_of(
+        rewards_of(model, [sequences[cid] for cid in train_ids], tokenizer.pad_token_id,
+                   _SCORE_BATCH))
+    held_out_metrics, held_out_rewards = evaluate_pairs(
+        model, encoded(held_out), tokenizer.pad_token_id, _SCORE_BATCH)
+    normalised = normalisation.apply(held_out_rewards)
+    metrics = {
+        "eval_accuracy": held_out_metrics.accuracy,
+        "eval_mean_margin": held_out_metrics.mean_margin,
+        "eval_loss": held_out_metrics.loss,
+        "eval_reward_mean": float(normalised.mean()),
+        "eval_reward_std": float(normalised.std()),
+        "train_loss": train_loss,
+        "reward_mean": normalisation.mean,
+        "reward_std": normalisation.std,
+        "train_pairs_per_s": epochs * len(train) / train_seconds,
+    }
+    manifest = {
+        "parent_version": parent if warm else None,
+        "created_at": datetime.now(UTC).isoformat(),
+        "kind": kind,
+        "model_path": str(model_path.resolve()),
+        "model_sha256": model_sha,
+        "normalisation": {"mean": normalisation.mean, "std": normalisation.std},
+        "metrics": metrics,
+        "data": {
+            "dataset": str(trainer_settings.dataset_path.resolve()),
+            "train_pairs": len(train), "new_pairs": len(new_keys), "eval_pairs": len(held_out),
+            "train_prompts": len({p.prompt_id for p in train}),
+            "criteria": sorted({p.criterion for p in pairs}),
+            "eval_percent": trainer_settings.eval_percent,
+        },
+        "training": {"epochs": epochs, "seconds": round(train_seconds, 2),
+                     **settings.model_dump(mode="json", include=_TRAINING_FIELDS)},
+    }
+    version = versions.publish(model.save, manifest, keys)
+    REFRESHES.labels(outcome="trained").inc()
+    summary = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+    logger.info("reward_refresh stored_version=%d %s", version, summary)
+    return RefreshOutcome(
+        "trained", f"stored reward model version {version} in {versions.path(version)}: "
+        f"held-out accuracy {held_out_metrics.accuracy:.1%} on {len(held_out)} pairs",
+        version, metrics)
+
+
+_TRAINING_FIELDS = {"lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
+                    "learning_rate", "weight_decay", "batch_size", "margin", "max_length", "seed"}
+
+
+def _same_model(manifest: dict, kind: ModelKind, model_sha: str) -> bool:
+    return manifest["kind"] == kind and manifest["model_sha256"] == model_sha
+
+
+def _weights_file(model_path: Path) -> Path:
+    """The file whose checksum identifies the model (single-file safetensors checkpoints)."""
+    weights = model_path / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{model_path} has no model.safetensors; save the model with "
+                         "safe_serialization=True in a single file")
+    return weights
+
+
+def _completion_texts(
+    dataset_path: Path, completion_ids: set[str]
+) -> dict[str, tuple[list[dict[str, str]], str]]:
+    """(prompt messages, completion text) of each completion, read from the dataset store."""
+    db = sqlite3.connect(f"file:{dataset_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT completion_id, messages, completion FROM completions").fetchall()
+    finally:
+        db.close()
+    return {cid: (json.loads(messages), text)
+            for cid, messages, text in rows if cid in completion_ids}

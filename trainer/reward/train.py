@@ -1,0 +1,175 @@
+"""The reward model's training loop, held-out evaluation and reward statistics.
+
+One step: a batch of B pairs is one forward pass over 2B sequences (chosen rows first, then
+rejected), right-padded to the batch's longest; the weighted pairwise loss
+(``trainer.reward.loss``) is back-propagated into the adapter and the value head only. Batches
+are drawn from windows of pairs sorted by length, so padding stays small while their order
+stays random. A batch of more than ``max_tokens_per_forward`` padded tokens is split into
+micro-batches M whose losses are scaled by Σ_M w / Σ_B w, so their gradients add up to exactly
+the batch's: the step is the same, the activation memory is bounded. Interactive runs show a
+progress bar (tqdm); otherwise progress goes to the log as ``key=value`` lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from trainer.config import RewardSettings
+from trainer.reward.loss import PairwiseMetrics, PairwiseRewardLoss, pairwise_metrics
+from trainer.reward.model import RewardModel, pad_right
+from trainer.reward.versions import Normalisation
+
+logger = logging.getLogger(__name__)
+
+_GROUP_BATCHES = 8
+"""Batches per window of pairs sorted by length."""
+_LOG_LINES = 10
+"""Progress lines per training run when no terminal shows a bar."""
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """Token ids of the preferred and the other (prompt, completion), and the pair's weight."""
+
+    chosen: list[int]
+    rejected: list[int]
+    weight: float
+
+
+def train_pairs(
+    model: RewardModel,
+    pairs: Sequence[EncodedPair],
+    settings: RewardSettings,
+    *,
+    epochs: int,
+    pad_id: int,
+    progress: bool | None = None,
+) -> float:
+    """Train ``model`` in place; return the mean loss of the last epoch.
+
+    ``progress``: a tqdm bar (True), log lines (False), or a bar only on a terminal (None).
+    """
+    optimizer = torch.optim.AdamW(
+        model.trainable_parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
+    total_steps = epochs * steps_per_epoch
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = _progress_bar(total_steps) if show_bar else None
+    log_every = max(1, total_steps // _LOG_LINES)
+    model.train()
+    started, step, trained, epoch_losses = time.monotonic(), 0, 0, []
+    for epoch in range(1, epochs + 1):
+        epoch_losses = []
+        for batch in length_grouped_batches(pairs, settings.batch_size, generator):
+            loss_sum = backward_batch(model, batch, settings, pad_id)
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, trained = step + 1, trained + len(batch)
+            epoch_losses.append(loss_sum)
+            pairs_per_s = trained / (time.monotonic() - started)
+            if bar is not None:
+                bar.set_postfix(epoch=epoch, loss=f"{loss_sum:.4f}", pairs_s=f"{pairs_per_s:.1f}")
+                bar.update()
+            elif step % log_every == 0 or step == total_steps:
+                logger.info("reward_train step=%d/%d epoch=%d loss=%.4f pairs_per_s=%.1f", step,
+                            total_steps, epoch, sum(epoch_losses) / len(epoch_losses), pairs_per_s)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return sum(epoch_losses) / len(epoch_losses)
+
+
+def length_grouped_batches(
+    pairs: Sequence[EncodedPair], batch_size: int, generator: torch.Generator
+) -> Iterator[list[EncodedPair]]:
+    """One epoch of shuffled batches, each of pairs of similar length."""
+    window = batch_size * _GROUP_BATCHES
+    order = torch.randperm(len(pairs), generator=generator).tolist()
+    batches = []
+    for start in range(0, len(order), window):
+        group = sorted(order[start : start + window],
+                       key=lambda i: max(len(pairs[i].chosen), len(pairs[i].rejected)))
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    for b in torch.randperm(len(batches), generator=generator).tolist():
+        yield [pairs[i] for i in batches[b]]
+
+
+def backward_batch(
+    model: RewardModel, batch: Sequence[EncodedPair], settings: RewardSettings, pad_id: int
+) -> float:
+    """Accumulate the gradient of the batch's loss, micro-batch by micro-batch; return the loss."""
+    batch_weight = sum(p.weight for p in batch)
+    loss_fn = PairwiseRewardLoss()
+    loss_sum = 0.0
+    for micro in micro_batches(batch, settings.max_tokens_per_forward):
+        sequences = [p.chosen for p in micro] + [p.rejected for p in micro]
+        input_ids, attention_mask = pad_right(sequences, pad_id)
+        rewards = model(input_ids, attention_mask)  # (2M,)
+        weight = torch.tensor([p.weight for p in micro])  # (M,)
+        margin = settings.margin * weight if settings.margin else None
+        share = float(weight.sum()) / batch_weight
+        loss = loss_fn(rewards[: len(micro)], rewards[len(micro):], weight, margin) * share
+        loss.backward()
+        loss_sum += loss.item()
+    return loss_sum
+
+
+def micro_batches(batch: Sequence[EncodedPair], max_tokens: int) -> Iterator[Sequence[EncodedPair]]:
+    """Consecutive slices of ``batch`` whose 2·M sequences, padded, hold at most ``max_tokens``
+    tokens (a single pair may exceed it: it is never split)."""
+    start = 0
+    while start < len(batch):
+        end, longest = start, 0
+        while end < len(batch):
+            longest_with_next = max(longest, len(batch[end].chosen), len(batch[end].rejected))
+            if end > start and 2 * (end - start + 1) * longest_with_next > max_tokens:
+                break
+            end, longest = end + 1, longest_with_next
+        yield batch[start:end]
+        start = end
+
+
+@torch.inference_mode()
+def rewards_of(
+    model: RewardModel, sequences: Sequence[list[int]], pad_id: int, batch_size: int
+) -> torch.Tensor:
+    """(N,) raw rewards of token sequences, scored in batches of similar length."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    rewards = torch.empty(len(sequences))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        rewards[rows] = model(*pad_right([sequences[i] for i in rows], pad_id)).float()
+    return rewards
+
+
+def evaluate_pairs(
+    model: RewardModel, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int
+) -> tuple[PairwiseMetrics, torch.Tensor]:
+    """Pairwise metrics on ``pairs`` and the (2N,) raw rewards (chosen first, then rejected)."""
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    rewards = rewards_of(model, sequences, pad_id, batch_size)
+    return pairwise_metrics(rewards[: len(pairs)], rewards[len(pairs):]), rewards
+
+
+def normalisation_of(rewards: torch.Tensor) -> Normalisation:
+    """Mean and std of (N,) raw rewards; a std of 0 (one distinct reward) becomes 1."""
+    std = float(rewards.double().std()) if len(rewards) > 1 else 0.0
+    return Normalisation(mean=float(rewards.double().mean()), std=std if std > 0 else 1.0)
+
+
+def _progress_bar(total: int):  # noqa: ANN202 - tqdm is optional: a bar only if it is installed
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="reward model", unit="step", dynamic_ncols=True)

@@ -1,0 +1,167 @@
+"""DPO (Rafailov et al. 2023) of a per-user adapter, with the deployed global adapter as reference.
+
+The policy adapter starts as a trainable copy of the global adapter (a fresh LoRA adapter when
+none is deployed) and the reference is the global adapter itself, frozen — both named adapters
+of one `PeftModel` over one copy of the base (`trainer.rl.models`). The reference never
+changes during a round, so its log-probabilities are computed once, before the first step.
+
+A pair's log-probability log π(y|x) is the sum over the response's tokens (EOS included) of the
+model's token log-probabilities after the chat-templated prompt, exactly what the policy emits
+in serving. Winner and loser of a mini-batch go through one forward pass together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import DPOSettings
+from trainer.rl.losses import dpo_loss
+from trainer.rl.models import PolicyStack, causal_lm_outputs, load_policy_stack, lora_config, token_logprobs
+from trainer.rl.record import RunRecord
+from trainer.rl.rollout import Conversation
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference: for `prompt`, `chosen` was preferred over `rejected`."""
+
+    prompt: Conversation
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class EncodedResponses:
+    """Prompt + response sequences for scoring, prompts left-padded, responses right-padded."""
+
+    input_ids: torch.Tensor
+    """(N, P + T)."""
+    attention_mask: torch.Tensor
+    """(N, P + T)."""
+    prompt_width: int
+    """P."""
+    response_ids: torch.Tensor
+    """(N, T) response tokens and EOS, then padding."""
+    response_mask: torch.Tensor
+    """(N, T) float, 1 on the response and its EOS."""
+
+
+def encode_responses(
+    stack: PolicyStack, prompts: Sequence[Conversation], responses: Sequence[str], max_length: int
+) -> EncodedResponses:
+    """Token ids of each templated prompt followed by its response and EOS (at most `max_length`)."""
+    tokenizer = stack.tokenizer
+    response_lists = [tokenizer(r, add_special_tokens=False).input_ids[: max_length - 1]
+                      + [tokenizer.eos_token_id] for r in responses]
+    width = max(len(r) for r in response_lists)
+    texts = [tokenizer.apply_chat_template([dict(m) for m in p], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
+    prompt_budget = max(1, max_length - width)
+    prompts_batch = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True,
+                              max_length=prompt_budget, return_tensors="pt")
+    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id)
+    response_mask = torch.zeros((len(responses), width))
+    for row, ids in enumerate(response_lists):
+        response_ids[row, : len(ids)] = torch.tensor(ids)
+        response_mask[row, : len(ids)] = 1.0
+    return EncodedResponses(
+        input_ids=torch.cat([prompts_batch.input_ids, response_ids], 1),
+        attention_mask=torch.cat([prompts_batch.attention_mask, response_mask.long()], 1),
+        prompt_width=prompts_batch.input_ids.shape[1],
+        response_ids=response_ids,
+        response_mask=response_mask,
+    )
+
+
+def sequence_logprobs(logits: torch.Tensor, encoded: EncodedResponses) -> torch.Tensor:
+    """(N,) Σ_t log π(y_t | x, y_<t) over each response's tokens, from (N, T, V) logits."""
+    return (token_logprobs(logits, encoded.response_ids) * encoded.response_mask).sum(1)
+
+
+class DPOTrainer:
+    """Trains `stack`'s policy adapter on preference pairs against its frozen reference."""
+
+    def __init__(self, stack: PolicyStack, settings: DPOSettings, record: RunRecord | None = None) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.record = record or RunRecord(None, "dpo")
+        params = [p for p in stack.peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+        self.params = params
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def _encode(self, pairs: Sequence[PreferencePair]) -> EncodedResponses:
+        """Winners first, then losers: rows i and i + len(pairs) belong to pair i."""
+        prompts = [p.prompt for p in pairs] * 2
+        responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        return encode_responses(self.stack, prompts, responses, self.settings.max_length)
+
+    @torch.no_grad()
+    def reference_logprobs(self, pairs: Sequence[PreferencePair]) -> torch.Tensor:
+        """(2, B) reference log-probabilities of winners (row 0) and losers (row 1)."""
+        out = []
+        size = 4 * self.settings.batch_size  # no activations kept: larger batches are cheap
+        for start in range(0, len(pairs), size):
+            encoded = self._encode(pairs[start : start + size])
+            logits = self.stack.reference_logits(encoded.input_ids, encoded.attention_mask,
+                                                 encoded.prompt_width)
+            out.append(sequence_logprobs(logits, encoded).view(2, -1))
+        return torch.cat(out, dim=1)
+
+    def policy_logprobs(self, pairs: Sequence[PreferencePair]) -> torch.Tensor:
+        """(2, B) policy log-probabilities of winners and losers (with gradients)."""
+        encoded = self._encode(pairs)
+        logits, _ = causal_lm_outputs(self.stack.decoder, encoded.input_ids, encoded.attention_mask,
+                                      encoded.prompt_width)
+        return sequence_logprobs(logits, encoded).view(2, -1)
+
+    def train(self, pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+        """`epochs` passes over `pairs` in shuffled mini-batches; one record entry per epoch."""
+        if not pairs:
+            raise ValueError("no preference pairs to train on")
+        s = self.settings
+        reference = self.reference_logprobs(pairs)
+        self.stack.peft_model.train()
+        history = []
+        for epoch in range(1, s.epochs + 1):
+            started = time.perf_counter()
+            losses, margins, correct = [], [], 0
+            for rows in torch.randperm(len(pairs), generator=self.generator).split(s.batch_size):
+                policy = self.policy_logprobs([pairs[i] for i in rows.tolist()])
+                result = dpo_loss(policy[0], policy[1], reference[0, rows], reference[1, rows], s.beta)
+                self.optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm)
+                self.optimizer.step()
+                losses.append(result.loss.item() * len(rows))
+                margins += result.margins.tolist()
+                correct += int((result.margins > 0).sum())
+            metrics = {"epoch": epoch, "loss": sum(losses) / len(pairs),
+                       "reward_margin": sum(margins) / len(margins), "accuracy": correct / len(pairs),
+                       "pairs_per_s": len(pairs) / (time.perf_counter() - started)}
+            self.record.write(metrics)
+            history.append(metrics)
+        self.stack.peft_model.eval()
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
+        """Mean implicit reward margin β·((π_w − ref_w) − (π_l − ref_l)) and accuracy on `pairs`."""
+        self.stack.peft_model.eval()
+        reference = self.reference_logprobs(pairs)
+        policy = torch.cat([self.policy_logprobs(pairs[i : i + self.settings.batch_size])
+                            for i in range(0, len(pairs), self.settings.batch_size)], dim=1)
+        margins = dpo_loss(policy[0], policy[1], reference[0], reference[1], self.settings.beta).margins
+        return {"reward_margin": margins.mean().item(), "accuracy": (margins > 0).float().mean().item()}
+
+
+def load_dpo_stack(base_dir: Path, global_adapter: Path | None, settings: DPOSettings) -> PolicyStack:
+    """Policy = trainable copy of the global adapter; reference = the global adapter, frozen."""
+    config = lora_config(settings.lora_rank, settings.lora_alpha, settings.lora_target_modules)
+    return load_policy_stack(base_dir, global_adapter, config, seed=settings.seed)

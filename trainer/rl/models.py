@@ -1,0 +1,224 @@
+"""The models PPO and DPO train: one base, a trainable policy adapter, a frozen reference.
+
+By default (``share_base``) the policy and the reference are two named PEFT adapters inside
+one `PeftModel`, so the base weights exist once in memory:
+
+- ``policy``: the trainable LoRA adapter (started from the deployed adapter, or fresh);
+- ``reference``: the deployed adapter, frozen (absent on the first round: the reference is then
+  the base model itself, the policy adapter disabled);
+- the value head: a linear layer on the policy's last hidden state (one forward pass gives the
+  policy's logits and its values);
+- the reward model can join as one more frozen adapter (`trainer.reward.model.RewardModel.attach`).
+
+With ``share_base=False`` the reference is a separate copy of the base with the deployed
+adapter merged into it, as most RLHF code keeps it; it exists to measure what sharing saves.
+
+Sequences are laid out as a left-padded prompt block of width P followed by a right-padded
+response block of width T; the logits and values for response token t are read at position
+P − 1 + t (the state before the token).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+POLICY_ADAPTER = "policy"
+REFERENCE_ADAPTER = "reference"
+VALUE_HEAD_FILE = "value_head.safetensors"
+"""Saved next to the policy adapter, so the next round can start from a trained value head."""
+
+
+def lora_config(rank: int, alpha: float, target_modules: list[str]) -> LoraConfig:
+    """A causal-LM LoRA config without dropout (dropout would make log-probs stochastic)."""
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
+                      task_type="CAUSAL_LM")
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions counted from each row's first real token, as `generate` numbers them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_lm_outputs(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+    value_head: nn.Linear | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (B, T, V) and optional values (B, T) for the T tokens after the prompt block.
+
+    `model` is a causal LM with ``.model`` (the decoder) and ``.lm_head``; the LM head runs on
+    the response positions only.
+    """
+    hidden = model.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state[:, prompt_width - 1 : -1]  # (B, T, H)
+    logits = model.lm_head(hidden)
+    values = value_head(hidden).squeeze(-1) if value_head is not None else None
+    return logits, values
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits) at `tokens`: (B, T) from (B, T, V) logits and (B, T) token ids.
+
+    Computed as z_y − logsumexp(z), which never materialises the (B, T, V) log-softmax.
+    """
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@dataclass
+class PolicyStack:
+    """Policy adapter + value head (trainable), and the frozen reference, over one tokenizer."""
+
+    peft_model: PeftModel
+    value_head: nn.Linear
+    tokenizer: PreTrainedTokenizerBase
+    reference_adapter: str | None
+    """Adapter of `peft_model` that is the reference; None: the base (adapters disabled)."""
+    separate_reference: PreTrainedModel | None = None
+    """A separate reference model (``share_base=False``); then `reference_adapter` is unused."""
+
+    @property
+    def decoder(self) -> PreTrainedModel:
+        """The causal LM with the LoRA layers injected (the policy when ``policy`` is active)."""
+        return self.peft_model.get_base_model()
+
+    def policy_outputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits (B, T, V) and values (B, T) of the response block."""
+        logits, values = causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width,
+                                           self.value_head)
+        assert values is not None
+        return logits, values
+
+    @torch.no_grad()
+    def reference_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> torch.Tensor:
+        """Reference logits (B, T, V) of the response block."""
+        if self.separate_reference is not None:
+            return causal_lm_outputs(self.separate_reference, input_ids, attention_mask, prompt_width)[0]
+        with self.reference_active():
+            return causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width)[0]
+
+    @contextmanager
+    def reference_active(self) -> Iterator[None]:
+        """Within: the shared model computes the reference; after: the policy again (trainable)."""
+        if self.reference_adapter is None:
+            with self.peft_model.disable_adapter():
+                yield
+            return
+        # inference_mode: switching adapters must not mark the reference trainable.
+        self.peft_model.set_adapter(self.reference_adapter, inference_mode=True)
+        try:
+            yield
+        finally:
+            self.peft_model.set_adapter(POLICY_ADAPTER)
+
+    @contextmanager
+    def merged_policy(self) -> Iterator[None]:
+        """Within: the policy runs as plain linear layers with W + ΔW, for fast sampling.
+
+        A LoRA layer costs three matmuls and PEFT's bookkeeping per call; merged, one. The merged
+        weights are new tensors, held only within (one extra copy of the adapted layers, freed
+        after); the base weights are never written, so they stay bit-for-bit what they were.
+        """
+        swapped = []
+        with torch.no_grad():
+            for module in self.peft_model.modules():
+                if isinstance(module, LoraLayer) and POLICY_ADAPTER in module.lora_A:
+                    base = module.get_base_layer()
+                    merged = base.weight + module.get_delta_weight(POLICY_ADAPTER)
+                    swapped.append((base, base.weight))
+                    base.weight = nn.Parameter(merged, requires_grad=False)
+        try:
+            with self.peft_model.disable_adapter():
+                yield
+        finally:
+            for base, original in swapped:
+                base.weight = original
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The policy adapter's and the value head's parameters."""
+        params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        return params + list(self.value_head.parameters())
+
+    def save_policy(self, out_dir: Path) -> None:
+        """Write the policy adapter (PEFT format, loadable by vLLM) and the value head to `out_dir`."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+            self.peft_model.save_pretrained(tmp, selected_adapters=[POLICY_ADAPTER])
+            for item in (Path(tmp) / POLICY_ADAPTER).iterdir():
+                shutil.move(str(item), out_dir / item.name)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                  out_dir / VALUE_HEAD_FILE)
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, padding prompts on the left (they are continued on the right)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer of {model_dir} has no pad token; set one and save it again")
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def load_frozen_base(model_dir: Path) -> PreTrainedModel:
+    """The base causal LM in float32, eval mode, every weight frozen."""
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_policy_stack(
+    base_dir: Path,
+    deployed_adapter: Path | None,
+    config: LoraConfig,
+    *,
+    share_base: bool = True,
+    seed: int = 0,
+) -> PolicyStack:
+    """Policy, reference and value head for a round whose reference is `deployed_adapter`.
+
+    The policy starts as a trainable copy of the deployed adapter (with its saved value head, if
+    any) or, on the first round, as a fresh LoRA adapter (`config`) that leaves the base unchanged.
+    """
+    base = load_frozen_base(base_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if deployed_adapter is None:
+            peft_model = get_peft_model(base, config, adapter_name=POLICY_ADAPTER)
+        else:
+            peft_model = PeftModel.from_pretrained(base, str(deployed_adapter),
+                                                   adapter_name=POLICY_ADAPTER, is_trainable=True)
+        # Zero at first: random values would drown the score in the first advantages.
+        value_head = nn.Linear(base.config.hidden_size, 1)
+        nn.init.zeros_(value_head.weight)
+        nn.init.zeros_(value_head.bias)
+    if deployed_adapter is not None and (deployed_adapter / VALUE_HEAD_FILE).is_file():
+        value_head.load_state_dict(load_file(deployed_adapter / VALUE_HEAD_FILE))
+    reference_adapter, separate = None, None
+    if not share_base:
+        separate = load_frozen_base(base_dir)
+        if deployed_adapter is not None:
+            separate = PeftModel.from_pretrained(separate, str(deployed_adapter)).merge_and_unload()
+            separate.requires_grad_(False)
+    elif deployed_adapter is not None:
+        peft_model.load_adapter(str(deployed_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        reference_adapter = REFERENCE_ADAPTER
+    peft_model.set_adapter(POLICY_ADAPTER)
+    return PolicyStack(peft_model, value_head, load_tokenizer(base_dir), reference_adapter, separate)

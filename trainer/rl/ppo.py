@@ -1,0 +1,223 @@
+"""PPO on the policy adapter with a KL penalty against the deployed adapter.
+
+One iteration (`PPOTrainer.iteration`), after Ziegler et al. (2019) and CleanRL's `ppo.py`:
+
+1. rollout: one sampled response per prompt from the policy (`trainer.rl.rollout`);
+2. score: the trainer's own forward passes give log π_old and V_old (policy) and log π_ref
+   (reference); the reward callable scores each (prompt, response);
+3. shape: r_t = −β·KL_t + score at the last token; GAE(γ, λ) advantages, whitened; returns;
+4. update: `ppo_epochs` passes over shuffled mini-batches minimising
+   L = L_policy + c1·L_VF − c2·H (`trainer.rl.losses`), gradients clipped, stopping early once a
+   mini-batch's approximate KL to the rollout policy exceeds `target_approx_kl`;
+5. β follows the adaptive controller (or stays fixed); metrics go to the run record.
+
+The reward is any `RewardFn`: the reward model plugs in as one; tests use synthetic rewards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+from trainer.config import PPOSettings
+from trainer.rl.advantages import gae
+from trainer.rl.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    exact_token_kl,
+    kl_estimate,
+    shaped_rewards,
+)
+from trainer.rl.losses import explained_variance, ppo_loss
+from trainer.rl.masked import masked_whiten
+from trainer.rl.models import PolicyStack, token_logprobs
+from trainer.rl.record import RunRecord
+from trainer.rl.rollout import Conversation, Rollout, sample_rollout
+
+
+class RewardFn(Protocol):
+    """Scores responses: (B,) float tensor, higher is better, one per (prompt, response)."""
+
+    def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor: ...
+
+
+class PPOTrainer:
+    """Runs PPO iterations on `stack`'s policy adapter and value head."""
+
+    def __init__(
+        self, stack: PolicyStack, reward_fn: RewardFn, settings: PPOSettings,
+        record: RunRecord | None = None,
+    ) -> None:
+        self.stack = stack
+        self.reward_fn = reward_fn
+        self.settings = settings
+        self.record = record or RunRecord(None, "ppo")
+        self.kl_controller: FixedKLController | AdaptiveKLController = (
+            FixedKLController(settings.kl_coef) if settings.kl_target is None
+            else AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+        )
+        self.optimizer = torch.optim.AdamW(stack.trainable_parameters(), lr=settings.learning_rate,
+                                           weight_decay=0.0)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.iterations_done = 0
+
+    def train(self, prompts: Sequence[Conversation], iterations: int) -> list[dict[str, Any]]:
+        """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass)."""
+        size = self.settings.rollout_batch_size
+        if len(prompts) < size:
+            raise ValueError(f"{len(prompts)} prompts are fewer than rollout_batch_size={size}")
+        order: list[int] = []
+        history = []
+        for _ in range(iterations):
+            if len(order) < size:
+                order += torch.randperm(len(prompts), generator=self.generator).tolist()
+            batch, order = order[:size], order[size:]
+            history.append(self.iteration([prompts[i] for i in batch]))
+        return history
+
+    def iteration(self, prompts: Sequence[Conversation]) -> dict[str, Any]:
+        """One PPO iteration on `prompts` (one response each); returns and records its metrics."""
+        s = self.settings
+        started = time.perf_counter()
+        self.stack.peft_model.eval()
+        rollout = sample_rollout(self.stack, prompts, max_new_tokens=s.max_new_tokens,
+                                 temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens,
+                                 merged=s.merge_for_rollout)
+        scores = self.reward_fn(rollout.prompts, rollout.responses).detach().float()
+        if scores.shape != (len(prompts),):
+            raise ValueError(f"the reward function returned shape {tuple(scores.shape)}; "
+                             f"expected ({len(prompts)},), one score per response")
+        batch = self._score(rollout, scores)
+        rollout_s = time.perf_counter() - started
+        update = self._update(batch)
+        beta = self.kl_controller.beta
+        kl_per_response = batch["kl_sum"].mean().item()
+        self.kl_controller.update(kl_per_response, len(prompts))
+        self.iterations_done += 1
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "iteration": self.iterations_done,
+            "reward_mean": scores.mean().item(),
+            "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "kl": kl_per_response,
+            "beta": beta,
+            "response_length": rollout.response_mask.sum(1).mean().item(),
+            "explained_variance": explained_variance(batch["values"], batch["returns"], batch["mask"]),
+            **update,
+            "rollout_s": rollout_s,
+            "samples_per_s": len(prompts) / elapsed,
+        }
+        self.record.write(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _score(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, Any]:
+        """Old log-probs, values, reference log-probs, shaped rewards, advantages and returns."""
+        s = self.settings
+        logprobs, values, ref_logprobs = [], [], []
+        for rows in self._minibatches(len(rollout.prompts), shuffle=False):
+            ids, attn = rollout.input_ids[rows], rollout.attention_mask[rows]
+            logits, vals = self.stack.policy_outputs(ids, attn, rollout.prompt_width)
+            logprobs.append(token_logprobs(logits / s.temperature, rollout.response_ids[rows]))
+            values.append(vals)
+            ref_logits = self.stack.reference_logits(ids, attn, rollout.prompt_width)
+            ref_logprobs.append(token_logprobs(ref_logits / s.temperature, rollout.response_ids[rows]))
+        mask = rollout.response_mask
+        old_logprobs, old_values = torch.cat(logprobs), torch.cat(values) * mask
+        kl = kl_estimate(old_logprobs, torch.cat(ref_logprobs), s.kl_estimator) * mask
+        rewards = shaped_rewards(kl, scores, mask, self.kl_controller.beta)
+        advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
+        if s.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
+                "response_ids": rollout.response_ids, "mask": mask, "logprobs": old_logprobs,
+                "values": old_values, "advantages": advantages, "returns": returns,
+                "kl_sum": kl.sum(1), "prompt_width": rollout.prompt_width}
+
+    def _update(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """PPO epochs over mini-batches; the means of the per-mini-batch losses and statistics."""
+        s = self.settings
+        self.stack.peft_model.train()
+        stats: dict[str, list[float]] = {k: [] for k in
+                                         ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
+        early_stopped = False
+        for _ in range(s.ppo_epochs):
+            for rows in self._minibatches(len(batch["mask"]), shuffle=True):
+                minibatch_stats = self._step(batch, rows)
+                for name, value in minibatch_stats.items():
+                    stats[name].append(value)
+                if s.target_approx_kl is not None and minibatch_stats["approx_kl"] > s.target_approx_kl:
+                    early_stopped = True
+                    break
+            if early_stopped:
+                break
+        self.stack.peft_model.eval()
+        return {**{k: sum(v) / len(v) for k, v in stats.items()},
+                "minibatch_steps": len(stats["approx_kl"]), "early_stopped": early_stopped}
+
+    def _step(self, batch: dict[str, Any], rows: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on mini-batch `rows`, accumulated over micro-batches.
+
+        Each part of L is a mean over the mini-batch's valid tokens, so a micro-batch's loss is
+        weighted by its share of those tokens: the summed gradient is the mini-batch's exactly,
+        while activations are held for one micro-batch at a time.
+        """
+        s = self.settings
+        width = batch["prompt_width"]
+        tokens = batch["mask"][rows].sum()
+        totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in rows.split(s.micro_batch_size or len(rows)):
+            share = batch["mask"][micro].sum() / tokens
+            logits, values = self.stack.policy_outputs(batch["input_ids"][micro],
+                                                       batch["attention_mask"][micro], width)
+            logits = logits / s.temperature
+            loss = ppo_loss(
+                logits, token_logprobs(logits, batch["response_ids"][micro]), values,
+                batch["logprobs"][micro], batch["values"][micro], batch["advantages"][micro],
+                batch["returns"][micro], batch["mask"][micro], clip_eps=s.clip_eps,
+                value_clip_eps=s.value_clip_eps, value_coef=s.value_coef, entropy_coef=s.entropy_coef,
+            )
+            (loss.total * share).backward()
+            for name, value in (("policy_loss", loss.policy), ("value_loss", loss.value),
+                                ("entropy", loss.entropy), ("clip_fraction", loss.clip_fraction),
+                                ("approx_kl", loss.approx_kl)):
+                totals[name] += (value.detach() * share).item()
+        torch.nn.utils.clip_grad_norm_(self.stack.trainable_parameters(), s.max_grad_norm)
+        self.optimizer.step()
+        return totals
+
+    def _minibatches(self, n: int, shuffle: bool) -> list[torch.Tensor]:
+        order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
+        size = math.ceil(n / self.settings.num_minibatches)
+        return list(order.split(size))
+
+    @torch.no_grad()
+    def evaluate(self, prompts: Sequence[Conversation], samples_per_prompt: int = 1) -> dict[str, float]:
+        """Mean reward and mean KL(π_θ ‖ π_ref) per response on `prompts` (e.g. held-out ones).
+
+        The KL is exact per token (whole vocabulary, `exact_token_kl`), summed over each sampled
+        response: no estimator noise beyond the sampling of the responses.
+        """
+        s = self.settings
+        self.stack.peft_model.eval()
+        repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+        rewards, kls = [], []
+        for start in range(0, len(repeated), s.rollout_batch_size):
+            chunk = repeated[start : start + s.rollout_batch_size]
+            rollout = sample_rollout(self.stack, chunk, max_new_tokens=s.max_new_tokens,
+                                     temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens,
+                                     merged=s.merge_for_rollout)
+            rewards.append(self.reward_fn(rollout.prompts, rollout.responses).float())
+            logits, _ = self.stack.policy_outputs(rollout.input_ids, rollout.attention_mask,
+                                                  rollout.prompt_width)
+            ref_logits = self.stack.reference_logits(rollout.input_ids, rollout.attention_mask,
+                                                     rollout.prompt_width)
+            token_kl = exact_token_kl(logits / s.temperature, ref_logits / s.temperature)
+            kls.append((token_kl * rollout.response_mask).sum(1))
+        reward = torch.cat(rewards)
+        return {"reward_mean": reward.mean().item(), "kl": torch.cat(kls).mean().item()}
