@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: run test install bench clean
 
 run: install
-	$(BIN)/hhh serve
+	$(BIN)/hhh up
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

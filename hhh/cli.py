@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serving.adapters.cli import register as register_adapter_commands
 from streams.config import hhh_home
+from trainer.cli import register as register_train_command
 from trainer.reward.cli import register as register_reward_commands
 
 
@@ -27,7 +28,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from serving.serve import serve
 
-    serve(args.model)
+    serve(args.model, with_trainer=args.command == "up")
     return 0
 
 
@@ -111,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", type=Path, default=None,
                        help="model folder for the engine (default: the demo model, built if missing)")
     serve.set_defaults(run=_serve)
+    up = commands.add_parser(
+        "up",
+        help="the whole service on one machine: `hhh serve` plus the trainer daemon (`hhh train`) "
+        "as a supervised child process (its log: $HHH_HOME/trainer.log)",
+    )
+    up.add_argument("--model", type=Path, default=None,
+                    help="model folder for the engine and the trainer (default: the demo model)")
+    up.set_defaults(run=_serve)
 
     data = commands.add_parser("data", help="the trainer's dataset (HHH_TRAINER_* settings)")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -138,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(run=_events_tail)
     register_adapter_commands(commands)
     register_reward_commands(commands)
+    register_train_command(commands)
     return parser
 
 

@@ -6,6 +6,10 @@ gateway answers 503 with the reason, and ``/readyz`` reports not ready. With eng
 configured, the engines are someone else's to run (several machines, GPUs). Either way the
 gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
 (``serving/adapters/controller.py``; settings ``HHH_ADAPTERS_*``).
+
+`hhh up` is the same with the trainer daemon as a third supervised process: the whole service
+on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
+serves.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Protocol
 
 import uvicorn
 
@@ -27,69 +32,93 @@ from streams.outbox import Outbox, OutboxDrainer
 log = logging.getLogger(__name__)
 
 
-class EngineSupervisor:
-    """Keeps one engine process running: starts it, and restarts it when it exits."""
+class Supervised(Protocol):
+    """A child process a supervisor keeps running (`EngineProcess`, `TrainerProcess`)."""
 
-    def __init__(self, engine: EngineProcess, *, check_interval_s: float = 1.0) -> None:
-        self.engine = engine
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+class ProcessSupervisor:
+    """Keeps one child process running: starts it, and restarts it when it exits."""
+
+    def __init__(self, child: Supervised, name: str, *, check_interval_s: float = 1.0) -> None:
+        self.child = child
+        self.name = name
         self.restarts = 0
         self._check_interval_s = check_interval_s
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="engine-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
 
     def start(self) -> None:
-        """Start the engine (without waiting for it) and watch it from a thread."""
-        self.engine.start()
+        """Start the child (without waiting for it) and watch it from a thread."""
+        self.child.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching, then stop the engine."""
+        """Stop watching, then stop the child."""
         self._stopping.set()
         self._thread.join(10)
-        self.engine.stop()
+        self.child.stop()
 
     def _watch(self) -> None:
         while not self._stopping.wait(self._check_interval_s):
-            if self.engine.running:
+            if self.child.running:
                 continue
             self.restarts += 1
-            log.error("the engine exited; restarting it (restart %d). Its last output:\n%s",
-                      self.restarts, self.engine.log_tail(10))
+            log.error("the %s exited; restarting it (restart %d). Its last output:\n%s",
+                      self.name, self.restarts, self.child.log_tail(10))
             try:
-                self.engine.stop()  # reap what is left of the old process group first
-                self.engine.start()
+                self.child.stop()  # reap what is left of the old process first
+                self.child.start()
             except Exception:  # noqa: BLE001 - keep supervising; the next check tries again
-                log.exception("restarting the engine failed")
+                log.exception("restarting the %s failed", self.name)
 
 
-def serve(model_dir: Path | None = None) -> None:
-    """Run the gateway until interrupted (and the engine, unless engine URLs are configured)."""
+def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
+    """Run the gateway until interrupted (and the engine, unless engine URLs are configured).
+
+    ``with_trainer``: also run the trainer daemon (`hhh train`) as a supervised child process,
+    on ``model_dir`` (the served model) where it is known.
+    """
     settings = GatewaySettings()
     events = EventLogSettings()
     adapter_settings = AdapterSettings()
-    supervisor = None
-    if not settings.engine_urls:
-        if model_dir is None:
-            from trainer.demo_model.build import build_demo_model
-
-            model_dir = build_demo_model("demo", home=hhh_home())
-        engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log"))
-        supervisor = EngineSupervisor(engine)
-        supervisor.start()
-        settings = settings.model_copy(update={"engine_urls": [engine.url]})
-        adapter_settings = adapter_settings.model_copy(update={
-            "base_model_dir": model_dir, "max_lora_rank": engine.config.max_lora_rank,
-        })
-        log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
+    supervisors: list[ProcessSupervisor] = []
     outbox = Outbox(events.outbox_path, name="gateway")
-    drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
-    gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
-                            adapter_settings=adapter_settings)
-    app = create_app(gateway)
-    log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        if not settings.engine_urls:
+            if model_dir is None:
+                from trainer.demo_model.build import build_demo_model
+
+                model_dir = build_demo_model("demo", home=hhh_home())
+            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log"))
+            supervisors.append(ProcessSupervisor(engine, "engine"))
+            supervisors[-1].start()
+            settings = settings.model_copy(update={"engine_urls": [engine.url]})
+            adapter_settings = adapter_settings.model_copy(update={
+                "base_model_dir": model_dir, "max_lora_rank": engine.config.max_lora_rank,
+            })
+            log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
+        if with_trainer:
+            from trainer.process import TrainerProcess
+
+            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir)
+            supervisors.append(ProcessSupervisor(trainer, "trainer"))
+            supervisors[-1].start()
+            log.info("trainer daemon started (log: %s)", trainer.log_path)
+        drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
+        gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
+                                adapter_settings=adapter_settings)
+        log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
+        uvicorn.run(create_app(gateway), host=settings.host, port=settings.port, log_level="info")
     finally:
-        if supervisor is not None:
+        for supervisor in reversed(supervisors):
             supervisor.stop()
         outbox.close()

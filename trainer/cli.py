@@ -1,15 +1,21 @@
 """`hhh train [--once]`: the training daemon (`trainer.daemon`), on the embedded defaults or the
-configured event log, adapter store and base model."""
+configured event log, adapter store and base model.
+
+Without ``--once`` it runs rounds until interrupted, ``HHH_TRAINER_ROUND_INTERVAL_S`` apart;
+each round's steps are printed as they are done. At start-up it re-announces every scope's
+current adapter version (see the daemon's docstring for why).
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from trainer.reward.cli import train_actions
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Make `hhh train` (with no action) run the daemon; `--once` runs one round."""
+    """Make the bare `hhh train` run the daemon; `--once` runs one round."""
     train_actions(commands)
     train = commands.choices["train"]
     train.add_argument("--once", action="store_true",
@@ -24,17 +30,17 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.gate import GateSettings
-    from trainer.reward.refresh import resolve_model
+    from trainer.reward.refresh import with_policy_base
 
-    reward = RewardSettings()
-    base_model, _ = resolve_model(reward)
+    settings = TrainerSettings()
+    base_model, reward = with_policy_base(settings, RewardSettings())
     with open_event_log() as event_log:
         daemon = TrainingDaemon(event_log, AdapterStore(AdapterSettings().store_root), base_model,
-                                TrainerSettings(), reward, PPOSettings(), DPOSettings(), GateSettings())
-        if not args.once:
-            daemon.run_forever()
+                                settings, reward, PPOSettings(), DPOSettings(), GateSettings())
         daemon.announce_current()
-        report = daemon.run_round()
-    for step in report.steps:
-        print(step)
-    return 0
+        while True:
+            report = daemon.run_round()
+            print(f"round {report.round_id}:", *report.steps, sep="\n  ", flush=True)
+            if args.once:
+                return 0
+            time.sleep(settings.round_interval_s)

@@ -16,6 +16,12 @@ class TrainerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HHH_TRAINER_", extra="forbid")
 
+    base_model: Path | None = Field(
+        default=None,
+        description="Folder of the base model the engines serve; policy adapters are trained on "
+        "it (and the reward model too, unless HHH_REWARD_* names another). Unset: the demo "
+        "model, built if missing.",
+    )
     dataset_path: Path = Field(
         default_factory=lambda: hhh_home() / "dataset.db",
         description="The dataset store (SQLite), rebuilt from the log by `hhh data rebuild`.",

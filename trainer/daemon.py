@@ -108,13 +108,6 @@ class TrainingDaemon:
             if version is not None:
                 announce(self.event_log, self.adapters, self.adapters.get(scope, version))
 
-    def run_forever(self) -> None:
-        """Rounds until interrupted, ``round_interval_s`` apart."""
-        self.announce_current()
-        while True:
-            self.run_round()
-            time.sleep(self.settings.round_interval_s)
-
     def run_round(self) -> RoundReport:
         """One round (module docstring); returns what it did."""
         report = RoundReport(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])

@@ -1,4 +1,5 @@
-"""`hhh serve` as a user runs it: gateway plus a supervised engine that survives a crash."""
+"""`hhh up` as a user runs it (`make run`): the gateway (`hhh serve`) with a supervised engine
+that survives a crash, and the supervised trainer daemon beside them."""
 
 from __future__ import annotations
 
@@ -35,19 +36,25 @@ def ready(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def served(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("up")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`hhh up` on the tiny model; its trainer starts a round every second."""
     port = free_port()
-    env = {**os.environ, "HHH_HOME": str(tmp_path), "HHH_GATEWAY_PORT": str(port),
-           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3"}
+    env = {**os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(port),
+           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from hhh.cli import main; main()", "serve", "--model", str(tiny_model_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"),
+        [sys.executable, "-m", "hhh", "up", "--model", str(tiny_model_dir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=(home / "up.log").open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: ready(url) or process.poll() is not None, 300, "hhh serve to be ready")
-        assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        assert process.poll() is None, (home / "up.log").read_text()[-3000:]
         yield url, process
     finally:
         process.send_signal(signal.SIGINT)
@@ -57,11 +64,16 @@ def served(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, subproce
             process.kill()
 
 
+def child_running(process: subprocess.Popen, command: str) -> psutil.Process:
+    (child,) = [child for child in psutil.Process(process.pid).children()
+                if command in " ".join(child.cmdline())]
+    return child
+
+
 def test_a_crashed_engine_means_503_with_the_reason_then_recovery(served: tuple[str, subprocess.Popen]) -> None:
     url, process = served
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
-    (engine,) = [child for child in psutil.Process(process.pid).children()
-                 if "vllm.entrypoints.openai.api_server" in " ".join(child.cmdline())]
+    engine = child_running(process, "vllm.entrypoints.openai.api_server")
     engine.send_signal(signal.SIGKILL)
 
     def refused() -> bool:
@@ -76,3 +88,24 @@ def test_a_crashed_engine_means_503_with_the_reason_then_recovery(served: tuple[
 
     wait_for(lambda: ready(url), 300, "the supervisor to restart the engine")
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+
+
+def test_the_trainer_daemon_runs_rounds_beside_the_gateway_and_is_restarted(
+    served: tuple[str, subprocess.Popen], home: Path
+) -> None:
+    _, process = served
+    trainer_log = home / "trainer.log"
+
+    def rounds_logged() -> int:
+        return trainer_log.read_text().count("no reward model yet: no policy round") if trainer_log.exists() else 0
+
+    wait_for(lambda: rounds_logged() >= 1, 120, "the trainer's first round (no feedback yet)")
+    trainer = child_running(process, "-m hhh train")
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait(10)
+
+    wait_for(lambda: any(c.pid != trainer.pid for c in psutil.Process(process.pid).children()
+                         if "-m hhh train" in " ".join(c.cmdline())), 30, "the trainer to be restarted")
+    seen = rounds_logged()
+    wait_for(lambda: rounds_logged() > seen, 120, "a round of the restarted trainer")
+    assert "the trainer exited; restarting it (restart 1)" in (home / "up.log").read_text()

@@ -9,6 +9,13 @@ is lenient, so the test is about the round's plumbing, records and verdicts.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.adapters.store import AdapterStore
@@ -18,6 +25,8 @@ from tests.trainer.test_reward_refresh import publish_all, politeness_events
 from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.daemon import VERDICTS, TrainingDaemon
 from trainer.gate import GateSettings
+from trainer.preferences.store import DatasetStore
+from trainer.reward.versions import RewardModelStore
 
 
 def daemon_for(tmp_path: Path, model_dir: Path, event_log: SqliteEventLog, **gate: object) -> TrainingDaemon:
@@ -67,3 +76,71 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert any("exceeds the budget" in step for step in second.steps), second.steps
     assert [m.version for m in (v.manifest for v in tight.adapters.list("global"))] == [1]
     event_log.close()
+
+
+def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_twice(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`hhh train --once` as a user runs it, SIGKILLed while the reward model trains, then again
+    in the middle of PPO, then run to the end: every event stored once, the reward model
+    trained once, one adapter version published and announced, nothing half-written visible."""
+    events = politeness_events(range(0, 120))
+    with SqliteEventLog(tmp_path / "events.db") as event_log:
+        event_log.create_topics()
+        publish_all(event_log, events)
+    environment = {
+        **os.environ, "HHH_HOME": str(tmp_path), "HHH_TRAINER_BASE_MODEL": str(tiny_model_dir),
+        "HHH_TRAINER_EVAL_PERCENT": "20", "HHH_TRAINER_PPO_ITERATIONS": "3",
+        "HHH_TRAINER_GATE_PROMPTS": "8", "HHH_TRAINER_MIN_USER_PAIRS": "10000",
+        "HHH_REWARD_EPOCHS": "2", "HHH_REWARD_MAX_LENGTH": "96", "HHH_REWARD_THREADS": "2",
+        "HHH_PPO_ROLLOUT_BATCH_SIZE": "16", "HHH_PPO_NUM_MINIBATCHES": "2", "HHH_PPO_PPO_EPOCHS": "2",
+        "HHH_PPO_MAX_NEW_TOKENS": "12", "HHH_PPO_LEARNING_RATE": "2e-3",
+        "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_Z": "1e6",
+        "HHH_GATE_SAMPLES_PER_PROMPT": "1", "HHH_GATE_MAX_NEW_TOKENS": "12",
+        "HHH_GATE_MIN_HELDOUT_PAIRS": "4",
+    }
+    reward_models = RewardModelStore(tmp_path / "reward-models")
+    adapters = AdapterStore(tmp_path / "adapters")
+
+    def train_once(kill_when: Callable[[str], bool] | None) -> tuple[int, str]:
+        """Run `hhh train --once`; SIGKILL it as soon as ``kill_when(output so far)`` holds."""
+        process = subprocess.Popen([sys.executable, "-m", "hhh", "train", "--once"], env=environment,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(iter(process.stdout.readline, "")))
+        reader.start()
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            if kill_when is not None and kill_when("".join(output)):
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        process.wait(60)
+        reader.join(10)
+        return process.returncode, "".join(output)
+
+    def in_ppo(_: str) -> bool:
+        return any(path.read_text().strip() for path in (tmp_path / "runs").glob("*.jsonl"))
+
+    code, output = train_once(lambda out: "ingested 540 new events" in out)
+    assert code == -signal.SIGKILL, output
+    assert reward_models.latest() is None  # killed while training: no version is visible
+    code, output = train_once(in_ppo)
+    assert code == -signal.SIGKILL, output
+    assert "ingested 0 new events" in output  # nothing stored twice
+    assert reward_models.latest() == 1
+    assert adapters.list("global") == []  # killed in PPO: nothing published
+
+    code, output = train_once(None)
+
+    assert code == 0, output
+    assert "reward model: version 1 is current" in output  # not trained again
+    assert "global: published version 1 (parent None)" in output
+    assert [info.manifest.version for info in adapters.list("global")] == [1]
+    assert adapters.get("global", 1).metrics["dataset_events"] == len(events)
+    dataset = DatasetStore(tmp_path / "dataset.db")
+    assert dataset.event_count() == len(events)
+    dataset.close()
+    with SqliteEventLog(tmp_path / "events.db") as event_log, event_log.consumer(None, [ADAPTERS]) as reader:
+        announced = [(r.event.scope, r.event.version) for r in reader.poll(max_records=10, timeout_s=1)]
+    assert announced == [("global", 1)]

@@ -52,9 +52,10 @@ def _train_reward(args: argparse.Namespace) -> int:
     from trainer.config import RewardSettings, TrainerSettings
     from trainer.preferences.ingest import ingest_available
     from trainer.preferences.store import DatasetStore
-    from trainer.reward.refresh import refresh_reward_model
+    from trainer.reward.refresh import refresh_reward_model, with_policy_base
 
-    trainer_settings, settings = TrainerSettings(), RewardSettings()
+    trainer_settings = TrainerSettings()
+    _, settings = with_policy_base(trainer_settings, RewardSettings())
     while True:
         dataset = DatasetStore(trainer_settings.dataset_path)
         try:

@@ -26,6 +26,7 @@ from prometheus_client import Counter
 
 from streams.config import hhh_home
 from trainer.config import RewardSettings, TrainerSettings
+from trainer.demo_model.build import build_demo_model
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.model import ModelKind, RewardModel, encode, load_tokenizer
 from trainer.reward.train import (
@@ -95,9 +96,18 @@ def resolve_model(settings: RewardSettings) -> tuple[Path, ModelKind]:
         return settings.sequence_classifier, "sequence_classifier"
     if settings.base_model is not None:
         return settings.base_model, "value_head"
-    from trainer.demo_model.build import build_demo_model
-
     return build_demo_model("demo", home=hhh_home()), "value_head"
+
+
+def with_policy_base(
+    trainer_settings: TrainerSettings, settings: RewardSettings
+) -> tuple[Path, RewardSettings]:
+    """The policy's base model (``HHH_TRAINER_BASE_MODEL``, else the demo model, built if missing)
+    and reward settings that fall back to it, so that both share one base by default."""
+    base_model = trainer_settings.base_model or build_demo_model("demo", home=hhh_home())
+    if settings.base_model is None and settings.sequence_classifier is None:
+        settings = settings.model_copy(update={"base_model": base_model})
+    return base_model, settings
 
 
 def refresh_reward_model(
