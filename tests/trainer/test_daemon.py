@@ -20,6 +20,7 @@ from pathlib import Path
 
 from serving.adapters.store import AdapterStore
 from streams.codec import ADAPTERS
+from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
 from tests.trainer.test_reward_refresh import publish_all, politeness_events
 from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
@@ -29,7 +30,13 @@ from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-def daemon_for(tmp_path: Path, model_dir: Path, event_log: SqliteEventLog, **gate: object) -> TrainingDaemon:
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "agreement_z": 1e6}
+"""A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
+
+
+def daemon_for(
+    tmp_path: Path, model_dir: Path, event_log: EventLog, store: AdapterStore | None = None, **gate: object
+) -> TrainingDaemon:
     settings = TrainerSettings(dataset_path=tmp_path / "dataset.db", eval_percent=20,
                                runs_dir=tmp_path / "runs", lock_dir=tmp_path / "locks",
                                ppo_iterations=3, gate_prompts=8, min_user_pairs=10_000)
@@ -38,7 +45,8 @@ def daemon_for(tmp_path: Path, model_dir: Path, event_log: SqliteEventLog, **gat
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
                       learning_rate=2e-3, kl_target=None)
     gates = GateSettings(samples_per_prompt=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
-    return TrainingDaemon(event_log, AdapterStore(tmp_path / "adapters"), model_dir, settings, reward,
+    store = store or AdapterStore(tmp_path / "adapters")
+    return TrainingDaemon(event_log, store, model_dir, settings, reward,
                           ppo, DPOSettings(), gates)
 
 
@@ -48,8 +56,7 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     event_log = SqliteEventLog(tmp_path / "events.db")
     event_log.create_topics()
     publish_all(event_log, politeness_events(range(0, 120)))
-    lenient = {"reward_margin": -100.0, "kl_budget": 1e6, "agreement_z": 1e6}
-    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, **lenient)
+    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, **LENIENT_GATE)
     published_before = VERDICTS.labels(scope_kind="global", outcome="published")._value.get()
 
     report = daemon.run_round()

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.rl_helpers import heldout_conversations, polite_reward, write_deployed_adapter
+from tests.trainer.rl_helpers import (
+    heldout_conversations,
+    polite_reward,
+    training_prompts,
+    write_deployed_adapter,
+)
+from trainer.config import PPOSettings
 from trainer.gate import (
     AdapterScores,
     GateSettings,
@@ -19,6 +25,7 @@ from trainer.gate import (
 )
 from trainer.rl.dpo import PreferencePair
 from trainer.rl.models import POLICY_ADAPTER, load_policy_stack, lora_config
+from trainer.rl.ppo import PPOTrainer
 
 SETTINGS = GateSettings(reward_margin=0.1, kl_budget=5.0, min_heldout_pairs=4)
 
@@ -111,3 +118,29 @@ def test_measure_refuses_a_candidate_that_moved_beyond_the_kl_budget(
     assert decision.kl_to_deployed > 0.5
     assert not decision.publish
     assert any("exceeds the budget" in reason for reason in decision.reasons)
+
+
+def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Reward hacking: the reward model has an exploitable flaw (it pays for length, whatever is
+    said) and PPO optimises against it with no KL penalty. The flawed reward rises, the policy
+    drifts far from the deployed adapter, and the gate's tight KL budget refuses to publish."""
+    def length_reward(_: object, responses: list[str]) -> torch.Tensor:
+        return torch.tensor([len(r) / 20 for r in responses])
+
+    deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
+    ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=4, max_new_tokens=16,
+                      learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None, seed=0)
+    torch.manual_seed(0)
+    stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
+    PPOTrainer(stack, length_reward, ppo).train(training_prompts(200), iterations=6)
+    gate = GateSettings(reward_margin=0.0, kl_budget=1.0, agreement_z=1e6, min_heldout_pairs=4,
+                        samples_per_prompt=1, max_new_tokens=16)
+
+    decision = measure(stack, length_reward, heldout_conversations()[:16], heldout_pairs(), [1.0] * 6, gate)
+
+    assert decision.candidate.reward_mean > decision.deployed.reward_mean, decision  # the flaw was found
+    assert decision.kl_to_deployed > gate.kl_budget, decision
+    assert not decision.publish  # on the KL budget alone: the flawed reward gain passed its margin
+    assert len(decision.reasons) == 1 and "exceeds the budget" in decision.reasons[0], decision.reasons
