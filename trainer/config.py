@@ -161,6 +161,13 @@ class PPOSettings(BaseSettings):
         "layers (about twice as fast on CPU, that copy held while sampling); false: sample "
         "through the LoRA layers.",
     )
+    rollout_engine_url: str | None = Field(
+        default=None,
+        description="A vLLM OpenAI server (same base model, LoRA and runtime LoRA loading on, same "
+        "filesystem) that samples the PPO rollouts: the policy adapter is loaded into it under a "
+        "fresh versioned name each iteration (trainer.rl.vllm_rollout). Unset: transformers "
+        "`generate` in the trainer's process.",
+    )
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank r of a new policy adapter.")
     lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
     lora_target_modules: list[str] = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from tests.trainer.rl_helpers import (
     training_prompts,
     write_deployed_adapter,
 )
+from serving.engine import EngineProcess
 from trainer.config import PPOSettings
 from trainer.rl.models import (
     POLICY_ADAPTER,
@@ -27,6 +29,7 @@ from trainer.rl.models import (
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import sample_rollout
+from trainer.rl.vllm_rollout import VLLMRolloutSampler
 
 SMALL = dict(rollout_batch_size=8, num_minibatches=2, ppo_epochs=2, max_new_tokens=6,
              learning_rate=1e-2, target_approx_kl=None)
@@ -220,3 +223,66 @@ def test_merged_sampling_is_the_policy_and_leaves_the_base_untouched(
     after = dict(stack.peft_model.named_parameters())
     assert all(after[n] is original and torch.equal(original, copy) for n, (original, copy) in base.items())
     assert all(p.requires_grad == (f".{POLICY_ADAPTER}." in n) for n, p in stack.peft_model.named_parameters())
+
+
+@pytest.mark.vllm
+def test_rollouts_through_vllm_load_a_fresh_adapter_each_iteration_and_train(
+    tiny_model_dir: Path, vllm_engine: EngineProcess, tmp_path: Path
+) -> None:
+    """PPO with `rollout_engine_url`: the engine samples the policy adapter under a new name
+    each iteration and unloads it after; the trainer's own log-probs drive the update."""
+    settings = PPOSettings(rollout_engine_url=vllm_engine.url, rollout_batch_size=8, num_minibatches=2,
+                           ppo_epochs=1, max_new_tokens=8, learning_rate=1e-2, target_approx_kl=None,
+                           lora_target_modules=["q_proj", "v_proj"])
+    stack = stack_for(tiny_model_dir, None, settings)
+    trainer = PPOTrainer(stack, polite_reward, settings, RunRecord(tmp_path / "run.jsonl", "ppo"))
+    before = {n: p.detach().clone() for n, p in stack.peft_model.named_parameters() if p.requires_grad}
+    sampled = []
+    sample = trainer.sample
+
+    def watching(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rollout = sample(*args, **kwargs)
+        sampled.append(rollout)
+        return rollout
+
+    trainer.sample = watching
+    trainer.train(training_prompts(40), iterations=2)
+
+    assert sample.versions_loaded == 2
+    models = httpx.get(f"{vllm_engine.url}/v1/models").json()["data"]
+    assert not [m for m in models if m["id"].startswith(sample.name_prefix)]  # unloaded again
+    for rollout in sampled:
+        assert rollout.response_ids.shape[1] <= 8
+        lengths = rollout.response_mask.sum(1)
+        assert (lengths >= 1).all()
+        # A response is what its mask covers: decoding those tokens gives the text the reward saw.
+        for row, mask, text in zip(rollout.response_ids, rollout.response_mask, rollout.responses):
+            assert stack.tokenizer.decode(row[mask.bool()], skip_special_tokens=True) == text
+    assert any(text.strip() for rollout in sampled for text in rollout.responses)
+    changed = [n for n, p in stack.peft_model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed, "the update did not move the policy"
+
+
+@pytest.mark.vllm
+def test_vllm_samples_the_policy_adapter_not_the_base(tiny_model_dir: Path, vllm_engine: EngineProcess) -> None:
+    """Near-greedy vLLM samples of a policy far from the base are the trainer's own argmax tokens
+    under the policy, and mostly not under the base model (the reference on a first round)."""
+    settings = PPOSettings(lora_target_modules=["q_proj", "v_proj", "up_proj"])
+    stack = stack_for(tiny_model_dir, None, settings)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in stack.peft_model.named_parameters():
+            if f"lora_B.{POLICY_ADAPTER}" in name:
+                param.copy_(torch.randn_like(param) * 0.5)
+    sample = VLLMRolloutSampler(vllm_engine.url)
+
+    rollout = sample(stack, training_prompts(16), max_new_tokens=8, temperature=1e-3, max_prompt_tokens=64)
+
+    with torch.no_grad():
+        policy, _ = stack.policy_outputs(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+        base = stack.reference_logits(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+    valid = rollout.response_mask.bool()
+    policy_agrees = (policy.argmax(-1) == rollout.response_ids)[valid].float().mean().item()
+    base_agrees = (base.argmax(-1) == rollout.response_ids)[valid].float().mean().item()
+    assert policy_agrees >= 0.95, (policy_agrees, base_agrees)
+    assert base_agrees <= policy_agrees - 0.2, (policy_agrees, base_agrees)

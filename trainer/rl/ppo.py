@@ -2,7 +2,8 @@
 
 One iteration (`PPOTrainer.iteration`), after Ziegler et al. (2019) and CleanRL's `ppo.py`:
 
-1. rollout: one sampled response per prompt from the policy (`trainer.rl.rollout`);
+1. rollout: one sampled response per prompt from the policy, by transformers `generate`
+   (`trainer.rl.rollout`) or by a vLLM engine (`trainer.rl.vllm_rollout`, `rollout_engine_url`);
 2. score: the trainer's own forward passes give log π_old and V_old (policy) and log π_ref
    (reference); the reward callable scores each (prompt, response);
 3. shape: r_t = −β·KL_t + score at the last token; GAE(γ, λ) advantages, whitened; returns;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -37,12 +39,21 @@ from trainer.rl.masked import masked_whiten
 from trainer.rl.models import PolicyStack, token_logprobs
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import Conversation, Rollout, sample_rollout
+from trainer.rl.vllm_rollout import VLLMRolloutSampler
 
 
 class RewardFn(Protocol):
     """Scores responses: (B,) float tensor, higher is better, one per (prompt, response)."""
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor: ...
+
+
+class RolloutSampler(Protocol):
+    """Samples one response per prompt from `stack`'s policy: `sample_rollout` (transformers)
+    or `VLLMRolloutSampler` (a vLLM engine)."""
+
+    def __call__(self, stack: PolicyStack, prompts: Sequence[Conversation], *, max_new_tokens: int,
+                 temperature: float, max_prompt_tokens: int) -> Rollout: ...
 
 
 class PPOTrainer:
@@ -64,6 +75,10 @@ class PPOTrainer:
                                            weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.iterations_done = 0
+        self.sample: RolloutSampler = (
+            VLLMRolloutSampler(settings.rollout_engine_url) if settings.rollout_engine_url
+            else partial(sample_rollout, merged=settings.merge_for_rollout)
+        )
 
     def train(self, prompts: Sequence[Conversation], iterations: int) -> list[dict[str, Any]]:
         """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass)."""
@@ -84,9 +99,8 @@ class PPOTrainer:
         s = self.settings
         started = time.perf_counter()
         self.stack.peft_model.eval()
-        rollout = sample_rollout(self.stack, prompts, max_new_tokens=s.max_new_tokens,
-                                 temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens,
-                                 merged=s.merge_for_rollout)
+        rollout = self.sample(self.stack, prompts, max_new_tokens=s.max_new_tokens,
+                              temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens)
         scores = self.reward_fn(rollout.prompts, rollout.responses).detach().float()
         if scores.shape != (len(prompts),):
             raise ValueError(f"the reward function returned shape {tuple(scores.shape)}; "

@@ -80,9 +80,21 @@ def sample_rollout(
             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-    width = prompt_ids.shape[1]
-    response_ids = output[:, width:]
-    mask = response_mask(response_ids, tokenizer.eos_token_id)
+    response_ids = output[:, prompt_ids.shape[1]:]
+    return assemble_rollout(tokenizer, prompts, prompt_ids, prompt_mask, response_ids,
+                            response_mask(response_ids, tokenizer.eos_token_id))
+
+
+def assemble_rollout(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Conversation],
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> Rollout:
+    """A `Rollout` from (B, P) left-padded prompts and (B, T) sampled tokens with their (B, T)
+    validity mask; tokens outside the mask become padding."""
     response_ids = torch.where(mask.bool(), response_ids, tokenizer.pad_token_id)
     responses = tokenizer.batch_decode(
         [row[row_mask.bool()] for row, row_mask in zip(response_ids, mask)], skip_special_tokens=True
@@ -92,7 +104,7 @@ def sample_rollout(
         responses=responses,
         input_ids=torch.cat([prompt_ids, response_ids], dim=1),
         attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
-        prompt_width=width,
+        prompt_width=prompt_ids.shape[1],
         response_ids=response_ids,
         response_mask=mask,
     )
