@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 import serving.metrics  # noqa: F401 - registers the gateway's metrics
 import streams.metrics  # noqa: F401 - registers the event log's and outbox's metrics
+import trainer.metrics  # noqa: F401 - registers the trainer's metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 METRIC = re.compile(r"\b(hhh_[a-z0-9_]+)")
@@ -48,11 +49,16 @@ def test_dashboard_uses_exported_metrics() -> None:
     assert queried(expressions) - exported_names() == set()
 
 
-def test_prometheus_scrapes_the_gateway_and_loads_the_rules() -> None:
+def test_prometheus_scrapes_gateway_and_trainer_and_loads_the_rules() -> None:
+    from trainer.config import TrainerSettings
+
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
-    (job,) = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"hhh-gateway", "hhh-trainer"}
+    assert all(job["metrics_path"] == "/metrics" for job in jobs.values())
+    (trainer_target,) = jobs["hhh-trainer"]["static_configs"][0]["targets"]
+    assert trainer_target.endswith(f":{TrainerSettings().metrics_port}")
 
 
 def test_dashboard_and_alerts_watch_adapter_swaps() -> None:
@@ -63,3 +69,13 @@ def test_dashboard_and_alerts_watch_adapter_swaps() -> None:
     assert {"hhh_adapter_live_version", "hhh_adapter_swap_seconds_bucket", "hhh_adapter_swaps_total",
             "hhh_adapter_refused_total", "hhh_adapters_loaded"} <= watched
     assert {"hhh_adapter_refused_total", "hhh_adapter_swap_seconds_bucket"} <= alerted
+
+
+def test_dashboard_and_alerts_watch_the_trainer() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "hhh-serving.json").read_text())
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    watched = queried([target["expr"] for panel in dashboard["panels"] for target in panel["targets"]])
+    alerted = queried([rule["expr"] for group in rules["groups"] for rule in group["rules"]])
+    assert {"hhh_trainer_iteration_stat", "hhh_trainer_verdicts_total", "hhh_reward_refreshes_total",
+            "hhh_trainer_last_round_timestamp_seconds"} <= watched
+    assert {"hhh_trainer_last_round_timestamp_seconds", "hhh_trainer_verdicts_total"} <= alerted

@@ -2,7 +2,8 @@
 configured event log, adapter store and base model.
 
 Without ``--once`` it runs rounds until interrupted, ``HHH_TRAINER_ROUND_INTERVAL_S`` apart;
-each round's steps are printed as they are done. At start-up it re-announces every scope's
+each round's steps are printed when it ends, and Prometheus metrics (`trainer.metrics`) are
+served on ``HHH_TRAINER_METRICS_PORT``. At start-up it re-announces every scope's
 current adapter version (see the daemon's docstring for why).
 """
 
@@ -27,6 +28,8 @@ def _train(args: argparse.Namespace) -> int:
     from serving.adapters.config import AdapterSettings
     from serving.adapters.store import AdapterStore
     from streams.backends import open_event_log
+    from prometheus_client import start_http_server
+
     from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.gate import GateSettings
@@ -38,6 +41,8 @@ def _train(args: argparse.Namespace) -> int:
         daemon = TrainingDaemon(event_log, AdapterStore(AdapterSettings().store_root), base_model,
                                 settings, reward, PPOSettings(), DPOSettings(), GateSettings())
         daemon.announce_current()
+        if not args.once and settings.metrics_port:
+            start_http_server(settings.metrics_port, settings.metrics_host)
         while True:
             report = daemon.run_round()
             print(f"round {report.round_id}:", *report.steps, sep="\n  ", flush=True)

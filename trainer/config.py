@@ -41,6 +41,11 @@ class TrainerSettings(BaseSettings):
         default_factory=lambda: hhh_home() / "locks",
         description="Per-scope lock files: one trainer per scope at a time (shared by trainer processes).",
     )
+    metrics_host: str = Field(default="127.0.0.1", description="`hhh train`: address of /metrics.")
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535,
+        description="`hhh train`: port of its Prometheus /metrics (0: not served; `--once` never serves it).",
+    )
     round_interval_s: float = Field(default=300.0, ge=0, description="`hhh train`: pause between rounds.")
     ingest_idle_s: float = Field(
         default=1.0, gt=0, description="Ingest stops once the log has been quiet this long."

@@ -37,7 +37,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from prometheus_client import Counter
 
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
@@ -45,6 +44,7 @@ from streams.log import EventLog
 from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.gate import GateSettings, measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
+from trainer.metrics import LAST_ROUND, ROUNDS, VERDICTS
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.refresh import refresh_reward_model
@@ -57,11 +57,6 @@ from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
 
 logger = logging.getLogger(__name__)
-
-VERDICTS = Counter(
-    "hhh_trainer_verdicts", "Candidate adapters the gate published or refused, by scope kind and reason.",
-    ["scope_kind", "outcome"],
-)
 
 
 @dataclass
@@ -128,6 +123,8 @@ class TrainingDaemon:
                              partial(self._user_round, report, dataset, user, user_pairs))
         finally:
             dataset.close()
+        ROUNDS.inc()
+        LAST_ROUND.set_to_current_time()
         return report
 
     # -- global PPO ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from streams.tansu import free_port
 
 pytestmark = pytest.mark.vllm
 
+TRAINER_METRICS_PORT = free_port()
 CHAT = {"model": "hhh", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 4}
 
 
@@ -46,7 +47,8 @@ def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.P
     """`hhh up` on the tiny model; its trainer starts a round every second."""
     port = free_port()
     env = {**os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(port),
-           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1"}
+           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1",
+           "HHH_TRAINER_METRICS_PORT": str(TRAINER_METRICS_PORT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "hhh", "up", "--model", str(tiny_model_dir)],
         env=env, stdout=subprocess.DEVNULL, stderr=(home / "up.log").open("wb"),
@@ -100,6 +102,8 @@ def test_the_trainer_daemon_runs_rounds_beside_the_gateway_and_is_restarted(
         return trainer_log.read_text().count("no reward model yet: no policy round") if trainer_log.exists() else 0
 
     wait_for(lambda: rounds_logged() >= 1, 120, "the trainer's first round (no feedback yet)")
+    scrape = httpx.get(f"http://127.0.0.1:{TRAINER_METRICS_PORT}/metrics").text
+    assert "hhh_trainer_rounds_total" in scrape and "hhh_trainer_last_round_timestamp_seconds" in scrape
     trainer = child_running(process, "-m hhh train")
     trainer.send_signal(signal.SIGKILL)
     trainer.wait(10)

@@ -24,8 +24,9 @@ from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
 from tests.trainer.test_reward_refresh import publish_all, politeness_events
 from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.daemon import VERDICTS, TrainingDaemon
+from trainer.daemon import TrainingDaemon
 from trainer.gate import GateSettings
+from trainer.metrics import VERDICTS
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 

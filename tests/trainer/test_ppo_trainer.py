@@ -235,7 +235,10 @@ def test_rollouts_through_vllm_load_a_fresh_adapter_each_iteration_and_train(
                            ppo_epochs=1, max_new_tokens=8, learning_rate=1e-2, target_approx_kl=None,
                            lora_target_modules=["q_proj", "v_proj"])
     stack = stack_for(tiny_model_dir, None, settings)
-    trainer = PPOTrainer(stack, polite_reward, settings, RunRecord(tmp_path / "run.jsonl", "ppo"))
+    def length_reward(_: object, responses: list[str]) -> torch.Tensor:  # differs between responses
+        return torch.tensor([len(r) / 10 for r in responses])
+
+    trainer = PPOTrainer(stack, length_reward, settings, RunRecord(tmp_path / "run.jsonl", "ppo"))
     before = {n: p.detach().clone() for n, p in stack.peft_model.named_parameters() if p.requires_grad}
     sampled = []
     sample = trainer.sample

@@ -25,7 +25,8 @@ from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.corpus import Dialogue, generate_dialogues, preferred_style
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore
-from trainer.reward.refresh import REFRESHES, refresh_reward_model
+from trainer.metrics import REWARD_REFRESHES
+from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
 from trainer.reward.versions import RewardModelStore, file_sha256
 
@@ -149,13 +150,13 @@ def test_too_few_pairs_are_refused_and_nothing_is_stored(tiny_model_dir: Path, t
     dataset = DatasetStore(trainer.dataset_path)
     dataset.apply(records(politeness_events(range(0, 12))))
     dataset.close()
-    refused = REFRESHES.labels(outcome="too_few_pairs")._value.get()
+    refused = REWARD_REFRESHES.labels(outcome="too_few_pairs")._value.get()
 
     outcome = refresh_reward_model(trainer, reward)
 
     assert outcome.status == "refused"
     assert "training pairs, need at least 32 (HHH_REWARD_MIN_TRAIN_PAIRS)" in outcome.message
-    assert REFRESHES.labels(outcome="too_few_pairs")._value.get() == refused + 1
+    assert REWARD_REFRESHES.labels(outcome="too_few_pairs")._value.get() == refused + 1
     assert RewardModelStore(reward.store_dir).versions() == []
 
 

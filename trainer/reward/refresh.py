@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from prometheus_client import Counter
 
 from streams.config import hhh_home
 from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.build import build_demo_model
+from trainer.metrics import REWARD_REFRESHES
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.model import ModelKind, RewardModel, encode, load_tokenizer
 from trainer.reward.train import (
@@ -40,11 +40,6 @@ from trainer.reward.versions import RewardModelStore, file_sha256
 
 logger = logging.getLogger(__name__)
 
-REFRESHES = Counter(
-    "hhh_reward_refreshes_total",
-    "Reward-model refresh checks by outcome (trained, up_to_date, or why the pairs were refused).",
-    ["outcome"],
-)
 _SCORE_BATCH = 64
 
 
@@ -131,13 +126,13 @@ def refresh_reward_model(
     keys = {pair_key(p) for p in train}
     new_keys = keys - versions.trained_pair_keys(parent) if parent is not None else keys
     if parent is not None and len(new_keys) < settings.refresh_min_new_pairs:
-        REFRESHES.labels(outcome="up_to_date").inc()
+        REWARD_REFRESHES.labels(outcome="up_to_date").inc()
         return RefreshOutcome("up_to_date", (
             f"version {parent} is current: {len(new_keys)} new training pairs, a refresh needs "
             f"{settings.refresh_min_new_pairs} (HHH_REWARD_REFRESH_MIN_NEW_PAIRS)"), parent)
     if unfit := unfit_reason(train, held_out, settings):
         outcome, message = unfit
-        REFRESHES.labels(outcome=outcome).inc()
+        REWARD_REFRESHES.labels(outcome=outcome).inc()
         logger.warning("reward_refresh refused=%s: %s", outcome, message)
         return RefreshOutcome("refused", f"not training a reward model: {message}; nothing stored")
 
@@ -205,7 +200,7 @@ def refresh_reward_model(
                      **settings.model_dump(mode="json", include=_TRAINING_FIELDS)},
     }
     version = versions.publish(model.save, manifest, keys)
-    REFRESHES.labels(outcome="trained").inc()
+    REWARD_REFRESHES.labels(outcome="trained").inc()
     summary = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
     logger.info("reward_refresh stored_version=%d %s", version, summary)
     return RefreshOutcome(

@@ -1,4 +1,5 @@
-"""The run record: one JSON object per line and iteration, mirrored to the console."""
+"""The run record: one JSON object per line and iteration, mirrored to the console and to
+Prometheus (``hhh_trainer_iteration_stat``, the latest iteration's numbers per run kind)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+
+from trainer.metrics import ITERATION_STAT
 
 logger = logging.getLogger(__name__)
 
@@ -26,5 +29,9 @@ class RunRecord:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
+        run = self.kind.split(":")[0]  # "dpo:user:ann" -> "dpo": no label per user
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                ITERATION_STAT.labels(run=run, stat=name).set(value)
         logger.info("%s %s", self.kind, " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))

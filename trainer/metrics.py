@@ -1,0 +1,29 @@
+"""The trainer's Prometheus metrics, served by `hhh train` on ``HHH_TRAINER_METRICS_PORT``.
+
+One module, so that the deploy files can be checked against what is exported
+(`tests/test_deploy.py`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+ITERATION_STAT = Gauge(
+    "hhh_trainer_iteration_stat",
+    "The latest PPO or DPO iteration's statistics (reward_mean, kl, entropy, clip_fraction, "
+    "approx_kl, value_loss, explained_variance, response_length, beta, loss, ...).",
+    ["run", "stat"],
+)
+ROUNDS = Counter("hhh_trainer_rounds", "Training rounds finished (ingest to publish).")
+LAST_ROUND = Gauge(
+    "hhh_trainer_last_round_timestamp_seconds", "When the last training round finished (Unix time)."
+)
+VERDICTS = Counter(
+    "hhh_trainer_verdicts", "Candidate adapters the gate published or refused, by scope kind.",
+    ["scope_kind", "outcome"],
+)
+REWARD_REFRESHES = Counter(
+    "hhh_reward_refreshes_total",
+    "Reward-model refresh checks by outcome (trained, up_to_date, or why the pairs were refused).",
+    ["outcome"],
+)
