@@ -25,6 +25,21 @@ def _demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_feedback(args: argparse.Namespace) -> int:
+    import httpx
+
+    from trainer.demo_model.labeler import label
+
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url, headers=headers, timeout=300) as client:
+        try:
+            report = label(client, prompts=args.prompts, n=args.n, user=args.user, seed=args.seed)
+        except httpx.HTTPError as error:
+            raise ValueError(f"{error} (is `hhh up` running at {args.url}?)") from None
+    print(report.summary())
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from serving.serve import serve
 
@@ -103,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'demo' for the service, 'tiny' for fast tests (default: demo)")
     demo.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     demo.set_defaults(run=_demo_model)
+
+    feedback = commands.add_parser(
+        "demo-feedback",
+        help="an AI labeler (RLAIF): chat with the running service, rank each prompt's answers "
+        "by a small constitution and send the rankings, so the trainer has feedback to learn from",
+    )
+    feedback.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (default: %(default)s)")
+    feedback.add_argument("--prompts", type=int, default=100, help="prompts to ask (default: 100)")
+    feedback.add_argument("--n", type=int, default=3, help="answers per prompt to rank (default: 3)")
+    feedback.add_argument("--user", default="demo-labeler", help="who the labeler is (auth off)")
+    feedback.add_argument("--api-key", default=None, help="API key, where the gateway has auth on")
+    feedback.add_argument("--seed", type=int, default=1000, help="which prompts (default: %(default)s)")
+    feedback.set_defaults(run=_demo_feedback)
 
     serve = commands.add_parser(
         "serve",

@@ -33,10 +33,14 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.gate import GateSettings
-    from trainer.reward.refresh import with_policy_base
+    from streams.config import hhh_home
+    from trainer.demo_model.build import build_demo_model
+    from trainer.reward.refresh import on_policy_base
 
-    settings = TrainerSettings()
-    base_model, reward = with_policy_base(settings, RewardSettings())
+    settings, reward = TrainerSettings(), RewardSettings()
+    # The served model; where only the reward model's base is configured, that one.
+    base_model = settings.base_model or reward.base_model or build_demo_model("demo", home=hhh_home())
+    reward = on_policy_base(reward, base_model)
     with open_event_log() as event_log:
         daemon = TrainingDaemon(event_log, AdapterStore(AdapterSettings().store_root), base_model,
                                 settings, reward, PPOSettings(), DPOSettings(), GateSettings())

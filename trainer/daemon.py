@@ -152,11 +152,10 @@ class TrainingDaemon:
         metrics = {"reward_gain": decision.candidate.reward_mean - decision.deployed.reward_mean,
                    "reward_mean": decision.candidate.reward_mean,
                    "kl_to_deployed": decision.kl_to_deployed,
-                   "reward_model_version": float(scorer.version),
-                   "dataset_events": float(dataset.event_count())}
+                   "reward_model_version": float(scorer.version)}
         if decision.candidate.pair_agreement is not None:
             metrics["heldout_pair_agreement"] = decision.candidate.pair_agreement
-        self._publish_or_refuse(report, stack, "global", deployed, decision.publish,
+        self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
                                 decision.reasons, metrics)
 
     # -- per-user DPO --------------------------------------------------------------------------
@@ -193,17 +192,18 @@ class TrainingDaemon:
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
                                "global": reference, "heldout_pairs": len(heldout)}})
         metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
-                   "global_version": float(global_version or 0),
-                   "dataset_events": float(dataset.event_count())}
-        self._publish_or_refuse(report, stack, scope, self.adapters.state(scope).desired,
+                   "global_version": float(global_version or 0)}
+        self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,
                                 not reasons, reasons, metrics)
 
     # -- shared --------------------------------------------------------------------------------
 
     def _publish_or_refuse(
-        self, report: RoundReport, stack: PolicyStack, scope: str, parent: int | None,
-        publish: bool, reasons: list[str] | tuple[str, ...], metrics: dict[str, float],
+        self, report: RoundReport, dataset: DatasetStore, stack: PolicyStack, scope: str,
+        parent: int | None, publish: bool, reasons: list[str] | tuple[str, ...],
+        metrics: dict[str, float],
     ) -> None:
+        """Publish the candidate (its manifest names the data it was trained on) or record why not."""
         scope_kind = "global" if scope == "global" else "user"
         if not publish:
             VERDICTS.labels(scope_kind=scope_kind, outcome="refused").inc()
@@ -212,8 +212,11 @@ class TrainingDaemon:
         with tempfile.TemporaryDirectory(prefix=".candidate-", dir=self.settings.runs_dir) as tmp:
             folder = Path(tmp) / "adapter"
             stack.save_policy(folder)
-            manifest = publish_adapter(self.adapters, self.event_log, folder, scope,
-                                       base_model=self.base_model, parent=parent, metrics=metrics)
+            manifest = publish_adapter(
+                self.adapters, self.event_log, folder, scope, base_model=self.base_model, parent=parent,
+                metrics={**metrics, "dataset_events": float(dataset.event_count())},
+                trained_on=dataset.positions(),
+            )
         VERDICTS.labels(scope_kind=scope_kind, outcome="published").inc()
         report.published.append(f"{scope}@{manifest.version}")
         report.note(f"{scope}: published version {manifest.version} (parent {parent})")

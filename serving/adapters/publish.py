@@ -40,8 +40,10 @@ def publish_adapter(
     base_model: Path,
     parent: int | None = None,
     metrics: dict[str, float] | None = None,
+    trained_on: dict[str, int] | None = None,
 ) -> Manifest:
     """Store ``source_dir`` as the scope's next version and announce it."""
-    manifest = store.publish(source_dir, scope, base_model=base_model, parent=parent, metrics=metrics)
+    manifest = store.publish(source_dir, scope, base_model=base_model, parent=parent, metrics=metrics,
+                             trained_on=trained_on)
     announce(event_log, store, manifest)
     return manifest

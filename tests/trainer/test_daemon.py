@@ -66,7 +66,9 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     manifest = daemon.adapters.get("global", 1)
     assert manifest.parent_version is None  # trained from the base model: nothing was deployed
     assert {"reward_gain", "kl_to_deployed", "heldout_pair_agreement", "dataset_events"} <= set(manifest.metrics)
-    assert manifest.metrics["dataset_events"] == 540.0  # the data it was trained on
+    assert manifest.metrics["dataset_events"] == 540.0  # the data it was trained on, and where it ends:
+    assert {key.split("/")[0] for key in manifest.trained_on} == {"completions", "feedback"}
+    assert sum(manifest.trained_on.values()) == 540  # every offset of the log, from 0
     assert manifest.metrics["reward_model_version"] == 1.0
     assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
     with event_log.consumer(None, [ADAPTERS]) as reader:

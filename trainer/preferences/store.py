@@ -40,9 +40,13 @@ CREATE TABLE IF NOT EXISTS rankings (
     event_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, user_id TEXT NOT NULL,
     labeler_id TEXT NOT NULL, criterion TEXT NOT NULL, groups TEXT NOT NULL,
     unusable TEXT NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)) WITHOUT ROWID;
 """
 
 _TABLES = ("applied", "completions", "votes", "rankings")
+"""What the events say (``dump``); ``positions`` says where in one log they were read."""
 Message = dict[str, str]
 """A chat message: ``{"role": ..., "content": ...}``."""
 
@@ -94,6 +98,11 @@ class DatasetStore:
                 if inserted:
                     new += 1
                     self._store(event)
+                self._db.execute(
+                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE"
+                    " SET next_offset = max(next_offset, excluded.next_offset)",
+                    (record.topic, record.partition, record.offset + 1),
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -204,6 +213,12 @@ class DatasetStore:
                     split_of(prompt_id, eval_percent),
                 ))
         return pairs
+
+    def positions(self) -> dict[str, int]:
+        """Where in the event log the stored data reaches: ``"<topic>/<partition>"`` -> the
+        next offset to read (every record before it is stored)."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions ORDER BY 1, 2")
+        return {f"{topic}/{partition}": offset for topic, partition, offset in rows}
 
     def event_count(self) -> int:
         """How many distinct events the store holds: where its data stands, for manifests."""

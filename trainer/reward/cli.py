@@ -52,10 +52,10 @@ def _train_reward(args: argparse.Namespace) -> int:
     from trainer.config import RewardSettings, TrainerSettings
     from trainer.preferences.ingest import ingest_available
     from trainer.preferences.store import DatasetStore
-    from trainer.reward.refresh import refresh_reward_model, with_policy_base
+    from trainer.reward.refresh import on_policy_base, refresh_reward_model
 
     trainer_settings = TrainerSettings()
-    _, settings = with_policy_base(trainer_settings, RewardSettings())
+    settings = on_policy_base(RewardSettings(), trainer_settings.base_model)
     while True:
         dataset = DatasetStore(trainer_settings.dataset_path)
         try:

@@ -94,15 +94,12 @@ def resolve_model(settings: RewardSettings) -> tuple[Path, ModelKind]:
     return build_demo_model("demo", home=hhh_home()), "value_head"
 
 
-def with_policy_base(
-    trainer_settings: TrainerSettings, settings: RewardSettings
-) -> tuple[Path, RewardSettings]:
-    """The policy's base model (``HHH_TRAINER_BASE_MODEL``, else the demo model, built if missing)
-    and reward settings that fall back to it, so that both share one base by default."""
-    base_model = trainer_settings.base_model or build_demo_model("demo", home=hhh_home())
-    if settings.base_model is None and settings.sequence_classifier is None:
-        settings = settings.model_copy(update={"base_model": base_model})
-    return base_model, settings
+def on_policy_base(settings: RewardSettings, policy_base: Path | None) -> RewardSettings:
+    """``settings`` with the policy's base model as the reward model's where none is configured,
+    so that both share one copy of the base weights by default."""
+    if policy_base is None or settings.base_model is not None or settings.sequence_classifier is not None:
+        return settings
+    return settings.model_copy(update={"base_model": policy_base})
 
 
 def refresh_reward_model(

@@ -1,0 +1,47 @@
+"""The demo's AI labeler: its constitution prefers what the course's labelers would, and it
+ranks real answers of the running gateway through the public API."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from streams.codec import FEEDBACK
+from streams.events import RankingFeedback
+from tests.fixtures.gateway import RunningGateway
+from tests.serving.test_gateway import logged
+from trainer.demo_model.corpus import generate_dialogues, intent_by_name, preferred_style
+from trainer.demo_model.labeler import constitution_score, label, rank
+
+
+def test_the_constitution_prefers_what_the_corpus_labelers_prefer() -> None:
+    scores: dict[tuple[str, str], list[float]] = {}
+    for dialogue in generate_dialogues(3000, seed=3):
+        scores.setdefault((dialogue.intent, dialogue.style), []).append(
+            constitution_score(dialogue.intent, dialogue.response))
+    intents = {intent for intent, _ in scores}
+    for intent in intents:
+        mean = {style: sum(s) / len(s) for (i, style), s in scores.items() if i == intent}
+        best = max(mean, key=mean.get)
+        assert mean[preferred_style(intent)] == mean[best], (intent, mean)
+        assert mean["rude"] < mean.get("polite", mean["refusal"]), (intent, mean)
+        if intent_by_name(intent).category != "harmful":
+            assert mean["polite"] > mean["curt"] > mean["rude"], (intent, mean)
+
+
+def test_rank_puts_the_best_first_and_ties_equal_scores() -> None:
+    assert rank([0.0, 2.0, -1.0, 2.0]) == [[1, 3], [0], [2]]
+    assert rank([1.0, 1.0]) == [[0, 1]]
+
+
+@pytest.mark.vllm
+def test_the_labeler_ranks_the_gateways_answers_through_the_api(open_gateway: RunningGateway) -> None:
+    with httpx.Client(base_url=open_gateway.url, timeout=120) as client:
+        report = label(client, prompts=6, n=3, user="robo-labeler", max_tokens=24)
+
+    assert report.prompts == 6 and report.rankings_sent + report.all_tied == 6
+    assert report.rankings_sent >= 1, report.summary()  # sampled answers differ in style
+    assert sum(len(s) for s in report.scores_by_adapter.values()) == 18
+    rankings = logged(open_gateway, FEEDBACK, lambda e: isinstance(e, RankingFeedback)
+                      and e.user_id == "robo-labeler", count=report.rankings_sent)
+    assert all(e.criterion == "harmlessness" and len(e.ranking) >= 2 for e in rankings)
