@@ -87,18 +87,11 @@ class GatewaySettings(BaseSettings):
             raise ValueError("set api_keys or api_keys_file, not both")
         if self.auth and not (self.api_keys or self.api_keys_file):
             raise ValueError("auth=true needs api_keys or api_keys_file (HHH_GATEWAY_API_KEYS)")
-        if self.signing_key is not None:
-            key = self.signing_key.get_secret_value()
-            if key.lower() in _PLACEHOLDER_SECRETS or len(key) < _MIN_SIGNING_KEY_CHARS:
+        for name, secret in (("signing_key", self.signing_key), ("admin_key", self.admin_key)):
+            key = secret.get_secret_value() if secret is not None else None
+            if key is not None and (key.lower() in _PLACEHOLDER_SECRETS or len(key) < _MIN_SIGNING_KEY_CHARS):
                 raise ValueError(
-                    f"signing_key must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
-                    f"characters, not a placeholder (got {len(key)} characters)"
-                )
-        if self.admin_key is not None:
-            key = self.admin_key.get_secret_value()
-            if key.lower() in _PLACEHOLDER_SECRETS or len(key) < _MIN_SIGNING_KEY_CHARS:
-                raise ValueError(
-                    f"admin_key must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
+                    f"{name} must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
                     f"characters, not a placeholder (got {len(key)} characters)"
                 )
         return self

@@ -17,6 +17,7 @@ from streams.events import AdapterRef
     [
         ({"auth": True}, "auth=true needs api_keys or api_keys_file"),
         ({"signing_key": "changeme"}, "not a placeholder"),
+        ({"admin_key": "short"}, "admin_key must be a random secret of at least"),
         ({"signing_key": "short-but-random"}, "at least 32 characters"),
         ({"engine_urls": ["localhost:8001"]}, r"http\(s\) URLs, got \['localhost:8001'\]"),
         ({"max_n": 0}, "greater than or equal to 1"),
