@@ -20,7 +20,7 @@ pairs per CPU-s: the same over the process's CPU time in that call. On a shared 
 time swings with the other processes' load; with one thread (the default) CPU time does not, so
 it is the steadier of the two. The ratios are hhh's value over the other's (memory: lower is
 better for hhh below 1).
-peak MB: the process's peak RSS (``ru_maxrss``) minus its RSS right after importing the
+peak MB: the process's peak RSS (``VmHWM``) minus its RSS right after importing the
 libraries, so it counts the model, the data, activations and optimiser state.
 """
 
@@ -30,13 +30,14 @@ import argparse
 import importlib.metadata
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.memory import peak_rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TRL_VENV = REPO / "bench" / ".venvs" / "trl-reward"
@@ -55,7 +56,7 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 # ---------------------------------------------------------------- worker side (either venv)

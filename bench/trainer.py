@@ -21,7 +21,7 @@ No early stop on either side (hhh's ``target_approx_kl`` off), fixed β.
 
 - PPO samples/s: responses per second of ``train()`` (rollout + scoring + update), timed
   around it, model loading excluded.
-- Peak memory: peak RSS (``ru_maxrss``) minus the RSS right after the imports, per process.
+- Peak memory: peak RSS (``VmHWM``) minus the RSS right after the imports, per process.
   Also on a random-initialised Llama of 107M parameters (hidden 1024, 8 layers, 16 heads,
   same tokenizer) with 16 prompts and 16 new tokens, where the weights dominate; there hhh also
   runs with ``share_base=False`` (the reference as a second copy of the base).
@@ -42,6 +42,8 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from bench.memory import peak_rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TRL_VENV = REPO / "bench" / ".venvs" / "trl-ppo"
@@ -113,7 +115,6 @@ def bench_pairs(n: int) -> list[dict]:
 
 
 def worker(kind: str, spec_path: str) -> None:
-    import resource
     import time
 
     import psutil
@@ -162,7 +163,8 @@ def worker(kind: str, spec_path: str) -> None:
         seconds = time.perf_counter() - started
         per_s = len(pairs) * spec["epochs"] / seconds
     print(json.dumps({"seconds": seconds, "per_s": per_s, "rss_after_imports": rss_after_imports,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak_rss": peak_rss_bytes()}))
+
 
 
 class ClassifierReward:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -31,11 +30,10 @@ from transformers import (  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
+from memory import peak_rss_bytes  # noqa: E402 - bench/memory.py: this script runs from bench/
+
 RSS_AFTER_IMPORTS = psutil.Process().memory_info().rss
 
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def lora(spec: dict) -> LoraConfig | None:
@@ -110,7 +108,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as out_dir:
         result = (run_ppo if kind == "ppo" else run_dpo)(spec, out_dir)
-    result.update(rss_after_imports=RSS_AFTER_IMPORTS, peak_rss=peak_rss())
+    result.update(rss_after_imports=RSS_AFTER_IMPORTS, peak_rss=peak_rss_bytes())
     print(json.dumps(result))
 
 

@@ -289,3 +289,13 @@ def test_vllm_samples_the_policy_adapter_not_the_base(tiny_model_dir: Path, vllm
     base_agrees = (base.argmax(-1) == rollout.response_ids)[valid].float().mean().item()
     assert policy_agrees >= 0.95, (policy_agrees, base_agrees)
     assert base_agrees <= policy_agrees - 0.2, (policy_agrees, base_agrees)
+
+
+@pytest.mark.vllm
+def test_vllm_samples_of_one_batch_are_independent(tiny_model_dir: Path, vllm_engine: EngineProcess) -> None:
+    """The same prompt eight times in one batch gives different responses: the samples PPO
+    averages over must not share one random stream (as one seed per request would make them)."""
+    stack = stack_for(tiny_model_dir, None, PPOSettings(lora_target_modules=["q_proj", "v_proj"]))
+    rollout = VLLMRolloutSampler(vllm_engine.url)(stack, training_prompts(1) * 8, max_new_tokens=12,
+                                                  temperature=1.0, max_prompt_tokens=64)
+    assert len(set(rollout.responses)) >= 3, rollout.responses

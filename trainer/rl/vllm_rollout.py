@@ -57,8 +57,10 @@ class VLLMRolloutSampler:
                 choices = self._post("/v1/completions", {
                     "model": name,
                     "prompt": [row[row_mask.bool()].tolist() for row, row_mask in zip(prompt_ids, prompt_mask)],
+                    # No seed: one seed per request would give every prompt of the batch the same
+                    # random stream, correlating the samples PPO needs to be independent.
                     "max_tokens": max_new_tokens, "temperature": temperature, "top_p": 1.0, "top_k": 0,
-                    "seed": int(torch.randint(0, 2**31 - 1, ()).item()), "return_token_ids": True,
+                    "return_token_ids": True,
                 })["choices"]
             finally:
                 self._post("/v1/unload_lora_adapter", {"lora_name": name})
