@@ -60,7 +60,12 @@ class GateSettings(BaseSettings):
     min_heldout_pairs: int = Field(
         default=8, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
     )
-    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt.")
+    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt, at least.")
+    min_samples: int = Field(
+        default=256, ge=1,
+        description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
+        "are few, so that the reward comparison is not decided by sampling noise.",
+    )
     max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
     max_prompt_tokens: int = Field(default=256, ge=1)
@@ -176,7 +181,8 @@ def measure(
         raise ValueError("the gate samples the deployed adapter through the shared base; "
                          "load its stack with share_base=True")
     stack.peft_model.eval()
-    repeated = [p for p in prompts for _ in range(settings.samples_per_prompt)]
+    per_prompt = max(settings.samples_per_prompt, math.ceil(settings.min_samples / len(prompts)))
+    repeated = [p for p in prompts for _ in range(per_prompt)]
     candidate_rewards, deployed_rewards, kls = [], [], []
     for start in range(0, len(repeated), settings.batch_size):
         chunk = repeated[start : start + settings.batch_size]
@@ -188,10 +194,10 @@ def measure(
         reference = stack.reference_logits(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
         token_kl = exact_token_kl(logits / settings.temperature, reference / settings.temperature)
         kls.append((token_kl * rollout.response_mask).sum(1))
-        with stack.reference_active():
+        with stack.reference_active():  # through the deployed adapter: merging is for the policy
             deployed = sample_rollout(stack, chunk, max_new_tokens=settings.max_new_tokens,
                                       temperature=settings.temperature,
-                                      max_prompt_tokens=settings.max_prompt_tokens)
+                                      max_prompt_tokens=settings.max_prompt_tokens, merged=False)
         deployed_rewards.append(reward_fn(deployed.prompts, deployed.responses).float())
     candidate_agreement = deployed_agreement = drop_z = None
     if pairs:

@@ -45,7 +45,7 @@ def daemon_for(
                             max_length=96, threads=2)
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
                       learning_rate=2e-3, kl_target=None)
-    gates = GateSettings(samples_per_prompt=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
+    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
     store = store or AdapterStore(tmp_path / "adapters")
     return TrainingDaemon(event_log, store, model_dir, settings, reward,
                           ppo, DPOSettings(), gates)
@@ -106,7 +106,7 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
         "HHH_PPO_ROLLOUT_BATCH_SIZE": "16", "HHH_PPO_NUM_MINIBATCHES": "2", "HHH_PPO_PPO_EPOCHS": "2",
         "HHH_PPO_MAX_NEW_TOKENS": "12", "HHH_PPO_LEARNING_RATE": "2e-3",
         "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_Z": "1e6",
-        "HHH_GATE_SAMPLES_PER_PROMPT": "1", "HHH_GATE_MAX_NEW_TOKENS": "12",
+        "HHH_GATE_SAMPLES_PER_PROMPT": "1", "HHH_GATE_MIN_SAMPLES": "1","HHH_GATE_MAX_NEW_TOKENS": "12",
         "HHH_GATE_MIN_HELDOUT_PAIRS": "4",
     }
     reward_models = RewardModelStore(tmp_path / "reward-models")

@@ -26,6 +26,7 @@ from trainer.gate import (
 from trainer.rl.dpo import PreferencePair
 from trainer.rl.models import POLICY_ADAPTER, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
+from trainer.rl.rollout import sample_rollout
 
 SETTINGS = GateSettings(reward_margin=0.1, kl_budget=5.0, min_heldout_pairs=4)
 
@@ -92,7 +93,7 @@ def test_measure_sees_no_change_when_the_candidate_is_the_deployed_adapter(
 ) -> None:
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj"]))
-    settings = GateSettings(reward_margin=0.0, min_heldout_pairs=4, samples_per_prompt=1,
+    settings = GateSettings(reward_margin=0.0, min_heldout_pairs=4, samples_per_prompt=1, min_samples=1,
                             max_new_tokens=8)
     decision = measure(stack, polite_reward, heldout_conversations()[:8], heldout_pairs(),
                        [1.0] * 6, settings)
@@ -112,7 +113,7 @@ def test_measure_refuses_a_candidate_that_moved_beyond_the_kl_budget(
         for name, param in stack.peft_model.named_parameters():
             if f"lora_B.{POLICY_ADAPTER}" in name:
                 param.add_(torch.randn_like(param) * 2.0)
-    settings = GateSettings(kl_budget=0.5, min_heldout_pairs=4, samples_per_prompt=1, max_new_tokens=8)
+    settings = GateSettings(kl_budget=0.5, min_heldout_pairs=4, samples_per_prompt=1, min_samples=1, max_new_tokens=8)
     decision = measure(stack, polite_reward, heldout_conversations()[:8], heldout_pairs(),
                        [1.0] * 6, settings)
     assert decision.kl_to_deployed > 0.5
@@ -136,7 +137,7 @@ def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
     PPOTrainer(stack, length_reward, ppo).train(training_prompts(200), iterations=6)
     gate = GateSettings(reward_margin=0.0, kl_budget=1.0, agreement_z=1e6, min_heldout_pairs=4,
-                        samples_per_prompt=1, max_new_tokens=16)
+                        samples_per_prompt=1, min_samples=1, max_new_tokens=16)
 
     decision = measure(stack, length_reward, heldout_conversations()[:16], heldout_pairs(), [1.0] * 6, gate)
 
@@ -144,3 +145,37 @@ def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget
     assert decision.kl_to_deployed > gate.kl_budget, decision
     assert not decision.publish  # on the KL budget alone: the flawed reward gain passed its margin
     assert len(decision.reasons) == 1 and "exceeds the budget" in decision.reasons[0], decision.reasons
+
+
+@pytest.mark.parametrize("deployed_exists", [False, True])
+def test_measure_samples_the_deployed_adapter_for_the_deployed_side(
+    tiny_model_dir: Path, tmp_path: Path, deployed_exists: bool
+) -> None:
+    """Near-greedy: the gate's "deployed" responses are the deployed adapter's (or the base
+    model's, on a first round), not the candidate's, which differ once the candidate moved."""
+    deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed") if deployed_exists else None
+    stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj", "v_proj"]))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in stack.peft_model.named_parameters():
+            if f"lora_B.{POLICY_ADAPTER}" in name:
+                param.add_(torch.randn_like(param) * 2.0)
+    prompts = heldout_conversations()[:8]
+    sampled: list[list[str]] = []
+
+    def recording_reward(_: object, responses: list[str]) -> torch.Tensor:
+        sampled.append(list(responses))
+        return torch.zeros(len(responses))
+
+    settings = GateSettings(min_heldout_pairs=1, samples_per_prompt=1, min_samples=1, max_new_tokens=8,
+                            temperature=1e-4)
+    measure(stack, recording_reward, prompts, [], [], settings)
+
+    candidate, deployed_side = sampled  # one batch: the candidate's, then the deployed adapter's
+    with stack.reference_active():
+        expected = sample_rollout(stack, prompts, max_new_tokens=8, temperature=1e-4,
+                                  max_prompt_tokens=settings.max_prompt_tokens, merged=False).responses
+        with pytest.raises(RuntimeError, match="the reference is active"):
+            sample_rollout(stack, prompts, max_new_tokens=8, temperature=1e-4, max_prompt_tokens=64)
+    assert deployed_side == expected
+    assert sum(c != d for c, d in zip(candidate, deployed_side)) >= 4, (candidate, deployed_side)

@@ -135,11 +135,17 @@ class PolicyStack:
         A LoRA layer costs three matmuls and PEFT's bookkeeping per call; merged, one. The merged
         weights are new tensors, held only within (one extra copy of the adapted layers, freed
         after); the base weights are never written, so they stay bit-for-bit what they were.
+        Only the policy can be merged: within `reference_active` it raises (the merge would
+        silently sample the policy where the reference was meant).
         """
+        layers = [m for m in self.peft_model.modules() if isinstance(m, LoraLayer)]
+        if self.peft_model.active_adapter != POLICY_ADAPTER or any(m.disable_adapters for m in layers):
+            raise RuntimeError("merged_policy samples the policy adapter, but the reference is active; "
+                               "sample the reference through its adapter (merged=False)")
         swapped = []
         with torch.no_grad():
-            for module in self.peft_model.modules():
-                if isinstance(module, LoraLayer) and POLICY_ADAPTER in module.lora_A:
+            for module in layers:
+                if POLICY_ADAPTER in module.lora_A:
                     base = module.get_base_layer()
                     merged = base.weight + module.get_delta_weight(POLICY_ADAPTER)
                     swapped.append((base, base.weight))
