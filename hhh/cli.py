@@ -30,6 +30,7 @@ def _demo_feedback(args: argparse.Namespace) -> int:
 
     from trainer.demo_model.labeler import label
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the summary
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=args.url, headers=headers, timeout=300) as client:
         try:

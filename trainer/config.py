@@ -191,8 +191,9 @@ class PPOSettings(BaseSettings):
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
     learning_rate: float = Field(
         default=1e-3, gt=0,
-        description="AdamW learning rate of adapter and value head. On the demo model 1e-4 left the "
-        "policy where it was after a round (KL < 0.01 nats, no clipping); 1e-3 moved it (BENCHMARKS.md).",
+        description="AdamW learning rate of adapter and value head. On the demo model, after 150 "
+        "AI-labelled prompts, a round of 8 iterations at 1e-4 left the policy where it was (KL < "
+        "0.01 nats, no clipping); at 1e-3 it passed the gate (+0.50 reward at 1.3 nats).",
     )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     gamma: float = Field(default=1.0, ge=0, le=1, description="GAE discount γ (1: the score is not discounted).")
