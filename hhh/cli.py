@@ -133,22 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--seed", type=int, default=1000, help="which prompts (default: %(default)s)")
     feedback.set_defaults(run=_demo_feedback)
 
-    serve = commands.add_parser(
-        "serve",
-        help="run the gateway on http://127.0.0.1:8000 (HHH_GATEWAY_* settings); with no "
-        "engine URLs configured, also start and supervise a vLLM engine on the demo model",
-    )
-    serve.add_argument("--model", type=Path, default=None,
-                       help="model folder for the engine (default: the demo model, built if missing)")
-    serve.set_defaults(run=_serve)
-    up = commands.add_parser(
-        "up",
-        help="the whole service on one machine: `hhh serve` plus the trainer daemon (`hhh train`) "
-        "as a supervised child process (its log: $HHH_HOME/trainer.log)",
-    )
-    up.add_argument("--model", type=Path, default=None,
-                    help="model folder for the engine and the trainer (default: the demo model)")
-    up.set_defaults(run=_serve)
+    for name, summary in (
+        ("serve", "run the gateway on http://127.0.0.1:8000 (HHH_GATEWAY_* settings); with no "
+                  "engine URLs configured, also start and supervise a vLLM engine on the demo model"),
+        ("up", "the whole service on one machine: `hhh serve` plus the trainer daemon (`hhh train`) "
+               "as a supervised child process (its log: $HHH_HOME/trainer.log)"),
+    ):
+        serving = commands.add_parser(name, help=summary)
+        serving.add_argument("--model", type=Path, default=None,
+                             help="model folder the engine serves (and `up`'s trainer trains on); "
+                             "default: the demo model, built if missing")
+        serving.set_defaults(run=_serve)
 
     data = commands.add_parser("data", help="the trainer's dataset (HHH_TRAINER_* settings)")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
