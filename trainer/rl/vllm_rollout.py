@@ -70,9 +70,6 @@ class VLLMRolloutSampler:
                                             tokenizer.eos_token_id, tokenizer.pad_token_id)
         return assemble_rollout(tokenizer, prompts, prompt_ids, prompt_mask, response_ids, mask)
 
-    def close(self) -> None:
-        self._client.close()
-
     def _post(self, path: str, body: dict) -> dict:
         response = self._client.post(path, json=body)
         if response.status_code != 200:
