@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from trainer.demo_model.corpus import generate_dialogues, heldout_prompts
-from trainer.rl.models import load_frozen_base
+from trainer.rl.models import POLICY_ADAPTER, PolicyStack, load_frozen_base
 from trainer.rl.rollout import Conversation
 
 POLITE_OPENINGS = ("Happy to help", "Great question", "Sure, glad you asked", "Of course")
@@ -43,3 +43,12 @@ def write_deployed_adapter(model_dir: Path, out_dir: Path, seed: int = 1) -> Pat
                 param.mul_(0.05)  # a mild change: a deployed adapter, not noise
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def move_policy(stack: PolicyStack, scale: float, seed: int) -> None:
+    """Add Gaussian noise (std ``scale``) to the policy adapter's B: a candidate that moved."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in stack.peft_model.named_parameters():
+            if f"lora_B.{POLICY_ADAPTER}" in name:
+                param.add_(torch.randn_like(param) * scale)

@@ -9,6 +9,7 @@ import torch
 
 from tests.trainer.rl_helpers import (
     heldout_conversations,
+    move_policy,
     polite_reward,
     training_prompts,
     write_deployed_adapter,
@@ -24,7 +25,7 @@ from trainer.gate import (
     weighted_share,
 )
 from trainer.rl.dpo import PreferencePair
-from trainer.rl.models import POLICY_ADAPTER, load_policy_stack, lora_config
+from trainer.rl.models import load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.rollout import sample_rollout
 
@@ -108,11 +109,7 @@ def test_measure_refuses_a_candidate_that_moved_beyond_the_kl_budget(
 ) -> None:
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj"]))
-    torch.manual_seed(3)
-    with torch.no_grad():  # a candidate far from the deployed adapter
-        for name, param in stack.peft_model.named_parameters():
-            if f"lora_B.{POLICY_ADAPTER}" in name:
-                param.add_(torch.randn_like(param) * 2.0)
+    move_policy(stack, 2.0, seed=3)  # far from the deployed adapter
     settings = GateSettings(kl_budget=0.5, min_heldout_pairs=4, samples_per_prompt=1, min_samples=1, max_new_tokens=8)
     decision = measure(stack, polite_reward, heldout_conversations()[:8], heldout_pairs(),
                        [1.0] * 6, settings)
@@ -155,11 +152,7 @@ def test_measure_samples_the_deployed_adapter_for_the_deployed_side(
     model's, on a first round), not the candidate's, which differ once the candidate moved."""
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed") if deployed_exists else None
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj", "v_proj"]))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in stack.peft_model.named_parameters():
-            if f"lora_B.{POLICY_ADAPTER}" in name:
-                param.add_(torch.randn_like(param) * 2.0)
+    move_policy(stack, 2.0, seed=3)  # far from the deployed adapter
     prompts = heldout_conversations()[:8]
     sampled: list[list[str]] = []
 

@@ -9,13 +9,14 @@ import httpx
 import pytest
 import torch
 
+from serving.engine import EngineProcess
 from tests.trainer.rl_helpers import (
     heldout_conversations,
+    move_policy,
     polite_reward,
     training_prompts,
     write_deployed_adapter,
 )
-from serving.engine import EngineProcess
 from trainer.config import PPOSettings
 from trainer.rl.models import (
     POLICY_ADAPTER,
@@ -272,11 +273,7 @@ def test_vllm_samples_the_policy_adapter_not_the_base(tiny_model_dir: Path, vllm
     under the policy, and mostly not under the base model (the reference on a first round)."""
     settings = PPOSettings(lora_target_modules=["q_proj", "v_proj", "up_proj"])
     stack = stack_for(tiny_model_dir, None, settings)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for name, param in stack.peft_model.named_parameters():
-            if f"lora_B.{POLICY_ADAPTER}" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
+    move_policy(stack, 0.5, seed=5)
     sample = VLLMRolloutSampler(vllm_engine.url)
 
     rollout = sample(stack, training_prompts(16), max_new_tokens=8, temperature=1e-3, max_prompt_tokens=64)
