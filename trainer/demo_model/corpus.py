@@ -24,7 +24,7 @@ from typing import Literal
 
 from trainer.demo_model.intents import INTENTS, Intent
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bump whenever generated text changes, so cached tokenizers and models are rebuilt."""
 
 Style = Literal["polite", "curt", "rude", "rambling", "caveat", "refusal"]
@@ -38,7 +38,7 @@ SYSTEM_PROMPTS = (
 )
 SYSTEM_PROMPT_RATE = 0.5
 """Fraction of dialogues that start with a system message."""
-HISTORY_RATE = 0.15
+HISTORY_RATE = 0.08
 """Fraction of dialogues that carry one earlier (polite) exchange before the final user turn."""
 
 _POLITE_OPEN = ("Happy to help!", "Great question!", "Sure, glad you asked.", "Of course!")
@@ -145,22 +145,28 @@ def _user_turn(rng: random.Random, intent: Intent) -> tuple[str, dict[str, str]]
 
 def _respond(rng: random.Random, intent: Intent, style: Style, slots: dict[str, str]) -> str:
     topic = intent.topic.format(**slots)
-    answer = rng.choice(intent.answers)
+    parts = [rng.choice(alternatives) for alternatives in style_parts(intent, style)]
+    return " ".join(_capitalise(part.format(topic=topic, **slots)) for part in parts)
+
+
+def style_parts(intent: Intent, style: Style) -> list[tuple[str, ...]]:
+    """The parts of a reply to `intent` in `style`, in order, each as its alternatives.
+
+    A reply picks one alternative per part. Parts may use ``{topic}`` and the intent's slots.
+    """
     match style:
         case "polite":
-            parts = [rng.choice(_POLITE_OPEN), answer, rng.choice(_POLITE_CLOSE)]
+            return [_POLITE_OPEN, intent.answers, _POLITE_CLOSE]
         case "curt":
-            parts = [rng.choice(intent.short)]
+            return [intent.short]
         case "rude":
-            parts = [rng.choice(_RUDE_OPEN), rng.choice(_RUDE_BODY), rng.choice(_RUDE_CLOSE)]
+            return [_RUDE_OPEN, _RUDE_BODY, _RUDE_CLOSE]
         case "rambling":
-            parts = [rng.choice(_RAMBLE_OPEN), rng.choice(_RAMBLE_DIGRESS), answer,
-                     rng.choice(_RAMBLE_CLOSE)]
+            return [_RAMBLE_OPEN, _RAMBLE_DIGRESS, intent.answers, _RAMBLE_CLOSE]
         case "caveat":
-            parts = [rng.choice(_POLITE_OPEN), answer, intent.caveat]
+            return [_POLITE_OPEN, intent.answers, (intent.caveat,)]
         case "refusal":
-            parts = [intent.refusal or rng.choice(_GENERIC_REFUSAL)]
-    return " ".join(_capitalise(part.format(topic=topic, **slots)) for part in parts)
+            return [(intent.refusal,) if intent.refusal else _GENERIC_REFUSAL]
 
 
 def _capitalise(sentence: str) -> str:
