@@ -24,7 +24,7 @@ from typing import Literal
 
 from trainer.demo_model.intents import INTENTS, Intent
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 """Bump whenever generated text changes, so cached tokenizers and models are rebuilt."""
 
 Style = Literal["polite", "curt", "rude", "rambling", "caveat", "refusal"]
@@ -40,6 +40,11 @@ SYSTEM_PROMPT_RATE = 0.5
 """Fraction of dialogues that start with a system message."""
 HISTORY_RATE = 0.08
 """Fraction of dialogues that carry one earlier (polite) exchange before the final user turn."""
+PSEUDO_SLOT_RATE = 0.25
+"""Fraction of slot values that are made-up words rather than the slot's training values, so
+that the model learns to tell the intent from the phrasing and to copy any value it is given
+(held-out values are words it never saw)."""
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 _POLITE_OPEN = ("Happy to help!", "Great question!", "Sure, glad you asked.", "Of course!")
 _POLITE_CLOSE = ("Hope that helps!", "Let me know if you have more questions.", "Good luck!",
@@ -139,8 +144,16 @@ def _sample_dialogue(rng: random.Random) -> Dialogue:
 
 def _user_turn(rng: random.Random, intent: Intent) -> tuple[str, dict[str, str]]:
     # Fill every slot of the intent (not only the phrasing's) so the answer can use them too.
-    slots = {name: rng.choice(slot.train) for name, slot in intent.slots.items()}
+    slots = {name: _pseudo_word(rng) if rng.random() < PSEUDO_SLOT_RATE
+             else rng.choice(slot.train) for name, slot in intent.slots.items()}
     return rng.choice(intent.phrasings).format(**slots), slots
+
+
+def _pseudo_word(rng: random.Random) -> str:
+    """A made-up slot value of one or two words ("vomera", "kiso dalupe")."""
+    return " ".join("".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS)
+                            for _ in range(rng.randint(2, 3)))
+                    for _ in range(rng.randint(1, 2)))
 
 
 def _respond(rng: random.Random, intent: Intent, style: Style, slots: dict[str, str]) -> str:
