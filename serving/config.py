@@ -25,8 +25,12 @@ class ApiKey(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    user: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")
-    roles: frozenset[Literal["labeler", "admin"]] = frozenset()
+    user: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
+                      description="The user id the key's requests act as.")
+    roles: frozenset[Literal["labeler", "admin"]] = Field(
+        default=frozenset(),
+        description="labeler: may rate any completion and name a labeler_id; admin: the admin API.",
+    )
 
 
 class GatewaySettings(BaseSettings):

@@ -5,7 +5,8 @@
 local model folder with LoRA enabled and runtime adapter loading allowed
 (``POST /v1/load_lora_adapter``). Output goes to a log file; `wait_ready` polls
 ``GET /v1/models`` and fails fast, with the log's tail, if the process exits. The server runs in
-its own process group so `stop` also ends vLLM's engine-core child processes.
+its own process group (`common.processes.ChildProcess`) so `stop` also ends vLLM's engine-core
+child processes.
 
 No global state: a gateway may supervise several engines, each with its own `EngineConfig`.
 """
@@ -13,18 +14,16 @@ No global state: a gateway may supervise several engines, each with its own `Eng
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.processes import ChildProcess, free_port
 
 MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 """LoRA ranks vLLM accepts for --max-lora-rank."""
@@ -85,15 +84,15 @@ class EngineConfig(BaseModel):
         return self.served_model_name or self.model_dir.name
 
 
-class EngineProcess:
+class EngineProcess(ChildProcess):
     """One vLLM server subprocess: `start`, `wait_ready`, use `url`, then `stop`.
 
     Also a context manager that starts, waits until ready and always stops.
     """
 
     def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config.log_path)
         self.config = config
-        self._process: subprocess.Popen[bytes] | None = None
         self._port = config.port
 
     @property
@@ -105,16 +104,6 @@ class EngineProcess:
         if self._port == 0:
             raise RuntimeError("the engine's port is chosen when it starts; call start() first")
         return f"http://{self.config.host}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the server, which is also its process group id; None when stopped."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process has been started and has not exited."""
-        return self._process is not None and self._process.poll() is None
 
     def command(self) -> list[str]:
         """The command line that starts the server (port resolved once started)."""
@@ -163,13 +152,8 @@ class EngineProcess:
                 "point it at a saved model, e.g. the folder `hhh demo-model` prints"
             )
         if self._port == 0:
-            self._port = _free_port(self.config.host)
-        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.config.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(), start_new_session=True,
-            )
+            self._port = free_port(self.config.host)
+        self.spawn(self.command(), self.environment())
 
     def wait_ready(self, timeout: float = 300.0, poll_interval: float = 0.5) -> None:
         """Block until ``GET /v1/models`` lists the model.
@@ -181,7 +165,7 @@ class EngineProcess:
         with httpx.Client(timeout=poll_interval * 4) as client:
             while True:
                 if not self.running:
-                    code = self._process.returncode if self._process else None
+                    code = self.returncode
                     self.stop()
                     raise EngineStartError(
                         f"vLLM exited with code {code} before becoming ready; "
@@ -196,32 +180,6 @@ class EngineProcess:
                         f"log {self.config.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(poll_interval)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server and its children: SIGTERM, then SIGKILL after `timeout` seconds.
-
-        Returns once the whole process group is gone (or `timeout` more seconds passed).
-        """
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        # Also ends engine-core children that outlive a parent that exited on its own.
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-        _wait_until_group_gone(process.pid, timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of the server log ('' if there is no log yet)."""
-        try:
-            with open(self.config.log_path, errors="replace") as log:
-                return "".join(deque(log, maxlen=lines))
-        except FileNotFoundError:
-            return ""
 
     def __enter__(self) -> Self:
         self.start()
@@ -246,27 +204,3 @@ class EngineProcess:
         if response.status_code != 200:
             return False
         return any(m.get("id") == self.config.model_name for m in response.json().get("data", []))
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_until_group_gone(pgid: int, timeout: float) -> None:
-    """Wait (bounded) until no process of the group is left, so its memory and port are free."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)

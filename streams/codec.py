@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from common.errors import UserError
 from streams.events import (
     SCHEMA_VERSION,
     AdapterPublishedEvent,
@@ -48,8 +49,8 @@ class EventError(ValueError):
     reason = "invalid_event"
 
 
-class UnknownTopicError(EventError):
-    """A topic that is not one of ``TOPIC_SCHEMAS``."""
+class UnknownTopicError(EventError, UserError):
+    """A topic that is not one of ``TOPIC_SCHEMAS`` (a user's mistake where a user names it)."""
 
     reason = "unknown_topic"
 

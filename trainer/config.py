@@ -1,4 +1,6 @@
-"""Settings of the trainer (environment variables ``HHH_TRAINER_*``)."""
+"""Settings of the trainer, one class per part: `TrainerSettings` (``HHH_TRAINER_*``),
+`RewardSettings` (``HHH_REWARD_*``), `PPOSettings` (``HHH_PPO_*``), `DPOSettings` (``HHH_DPO_*``)
+and `GateSettings` (``HHH_GATE_*``)."""
 
 from __future__ import annotations
 
@@ -93,12 +95,12 @@ class RewardSettings(BaseSettings):
     )
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank r.")
     lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA path while training.")
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA."
     )
     learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate (constant).")
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=16, ge=1, description="Pairs per optimiser step.")
     max_tokens_per_forward: int = Field(
@@ -155,11 +157,6 @@ class PPOSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HHH_PPO_", extra="forbid")
 
-    share_base: bool = Field(
-        default=True,
-        description="Policy, reference (and reward model) as named PEFT adapters on one copy of the "
-        "base weights; false: the reference is a separate model (twice the base in memory).",
-    )
     merge_for_rollout: bool = Field(
         default=True,
         description="Sample with the policy adapter merged into a temporary copy of the adapted "
@@ -217,7 +214,9 @@ class PPOSettings(BaseSettings):
     )
     whiten_advantages: bool = Field(default=True, description="Whiten advantages over each rollout batch.")
     seed: int = Field(default=0, description="Seed of adapter init, sampling and mini-batch order.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads while PPO and the gate run (default: torch's)."
+    )
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> PPOSettings:
@@ -227,11 +226,6 @@ class PPOSettings(BaseSettings):
                 f"num_minibatches={self.num_minibatches} (HHH_PPO_*): pick sizes that divide"
             )
         return self
-
-    @property
-    def minibatch_size(self) -> int:
-        """Responses per optimiser step."""
-        return self.rollout_batch_size // self.num_minibatches
 
 
 class DPOSettings(BaseSettings):
@@ -251,4 +245,38 @@ class DPOSettings(BaseSettings):
     epochs: int = Field(default=3, ge=1, description="Passes over the user's training pairs.")
     max_length: int = Field(default=512, ge=8, description="Tokens per (prompt, response); longer prompts lose their start.")
     seed: int = Field(default=0, description="Seed of adapter init and batch order.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads while DPO runs (default: torch's)."
+    )
+
+
+class GateSettings(BaseSettings):
+    """When a candidate adapter may replace the deployed one (environment ``HHH_GATE_*``;
+    the checks: `trainer.gate`)."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_GATE_", extra="forbid")
+
+    reward_margin: float = Field(
+        default=0.05, description="Least gain in mean normalised reward over the deployed adapter."
+    )
+    kl_budget: float = Field(
+        default=8.0, gt=0, description="Most KL(candidate ‖ deployed), nats per response."
+    )
+    agreement_z: float = Field(
+        default=1.645, gt=0,
+        description="McNemar z above which the candidate's loss of held-out human pairs against "
+        "the deployed adapter is taken as real (one-sided; 1.645: 5 %).",
+    )
+    min_heldout_pairs: int = Field(
+        default=8, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
+    )
+    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt, at least.")
+    min_samples: int = Field(
+        default=256, ge=1,
+        description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
+        "are few, so that the reward comparison is not decided by sampling noise.",
+    )
+    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
+    max_prompt_tokens: int = Field(default=256, ge=1, description="Longest prompt, in tokens; longer ones lose their start.")
+    batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")

@@ -41,8 +41,8 @@ import torch
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
-from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.gate import GateSettings, measure, pair_preferences, weighted_share
+from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.gate import measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
 from trainer.metrics import LAST_ROUND, ROUNDS, VERDICTS
 from trainer.preferences.ingest import ingest_available
@@ -50,8 +50,7 @@ from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
 from trainer.reward.versions import RewardModelStore
-from trainer.rl import dpo
-from trainer.rl.dpo import DPOTrainer, load_dpo_stack
+from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
 from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
@@ -71,6 +70,12 @@ class RoundReport:
     def note(self, line: str) -> None:
         logger.info("round %s: %s", self.round_id, line)
         self.steps.append(line)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch on ``threads`` CPU threads from now on (None: leave torch's choice)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 class TrainingDaemon:
@@ -138,6 +143,7 @@ class TrainingDaemon:
                         f"{self.ppo.rollout_batch_size} (HHH_PPO_ROLLOUT_BATCH_SIZE) and at least one")
             return
         deployed = self.adapters.state("global").desired
+        use_threads(self.ppo.threads)
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
             lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
@@ -179,6 +185,7 @@ class TrainingDaemon:
                         f"{self.gate.min_heldout_pairs} (HHH_GATE_MIN_HELDOUT_PAIRS)")
             return
         global_version = self.adapters.state("global").desired
+        use_threads(self.dpo.threads)
         stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
         DPOTrainer(stack, self.dpo, record).train(train)
@@ -227,10 +234,10 @@ class TrainingDaemon:
     @staticmethod
     def _texts(
         dataset: DatasetStore, pairs: list[PreferencePair]
-    ) -> tuple[list[dpo.PreferencePair], list[float]]:
+    ) -> tuple[list[TextPair], list[float]]:
         """The pairs with their prompt and completion texts, and their weights."""
         texts = dataset.completion_texts({c for p in pairs for c in (p.chosen_id, p.rejected_id)})
-        return ([dpo.PreferencePair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
+        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
                  for p in pairs], [p.weight for p in pairs])
 
     def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:

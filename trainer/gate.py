@@ -31,45 +31,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trainer.rl.dpo import PreferencePair, encode_responses
-from trainer.rl.kl import exact_token_kl
+from trainer.config import GateSettings
+from trainer.rl.dpo import TextPair, encode_responses
+from trainer.rl.evaluation import RewardFn, SamplingSpec, evaluate_policy, reference_rewards
 from trainer.rl.models import PolicyStack, causal_lm_outputs, token_logprobs
-from trainer.rl.ppo import RewardFn
-from trainer.rl.rollout import Conversation, sample_rollout
-
-
-class GateSettings(BaseSettings):
-    """When a candidate adapter may replace the deployed one (environment ``HHH_GATE_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="HHH_GATE_", extra="forbid")
-
-    reward_margin: float = Field(
-        default=0.05, description="Least gain in mean normalised reward over the deployed adapter."
-    )
-    kl_budget: float = Field(
-        default=8.0, gt=0, description="Most KL(candidate ‖ deployed), nats per response."
-    )
-    agreement_z: float = Field(
-        default=1.645, gt=0,
-        description="McNemar z above which the candidate's loss of held-out human pairs against "
-        "the deployed adapter is taken as real (one-sided; 1.645: 5 %).",
-    )
-    min_heldout_pairs: int = Field(
-        default=8, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
-    )
-    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt, at least.")
-    min_samples: int = Field(
-        default=256, ge=1,
-        description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
-        "are few, so that the reward comparison is not decided by sampling noise.",
-    )
-    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
-    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
-    max_prompt_tokens: int = Field(default=256, ge=1)
-    batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")
+from trainer.rl.rollout import Conversation
 
 
 @dataclass(frozen=True)
@@ -170,7 +137,7 @@ def measure(
     stack: PolicyStack,
     reward_fn: RewardFn,
     prompts: Sequence[Conversation],
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[TextPair],
     pair_weights: Sequence[float],
     settings: GateSettings,
 ) -> GateDecision:
@@ -180,25 +147,12 @@ def measure(
     if stack.separate_reference is not None:
         raise ValueError("the gate samples the deployed adapter through the shared base; "
                          "load its stack with share_base=True")
-    stack.peft_model.eval()
     per_prompt = max(settings.samples_per_prompt, math.ceil(settings.min_samples / len(prompts)))
     repeated = [p for p in prompts for _ in range(per_prompt)]
-    candidate_rewards, deployed_rewards, kls = [], [], []
-    for start in range(0, len(repeated), settings.batch_size):
-        chunk = repeated[start : start + settings.batch_size]
-        rollout = sample_rollout(stack, chunk, max_new_tokens=settings.max_new_tokens,
-                                 temperature=settings.temperature,
-                                 max_prompt_tokens=settings.max_prompt_tokens)
-        candidate_rewards.append(reward_fn(rollout.prompts, rollout.responses).float())
-        logits, _ = stack.policy_outputs(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        reference = stack.reference_logits(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        token_kl = exact_token_kl(logits / settings.temperature, reference / settings.temperature)
-        kls.append((token_kl * rollout.response_mask).sum(1))
-        with stack.reference_active():  # through the deployed adapter: merging is for the policy
-            deployed = sample_rollout(stack, chunk, max_new_tokens=settings.max_new_tokens,
-                                      temperature=settings.temperature,
-                                      max_prompt_tokens=settings.max_prompt_tokens, merged=False)
-        deployed_rewards.append(reward_fn(deployed.prompts, deployed.responses).float())
+    spec = SamplingSpec(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                        max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size)
+    candidate = evaluate_policy(stack, reward_fn, repeated, spec)
+    deployed_rewards = reference_rewards(stack, reward_fn, repeated, spec)
     candidate_agreement = deployed_agreement = drop_z = None
     if pairs:
         candidate_prefers, deployed_prefers = pair_preferences(stack, pairs, settings)
@@ -207,16 +161,16 @@ def measure(
         deployed_agreement = weighted_share(deployed_prefers, weights)
         drop_z = mcnemar_z(candidate_prefers, deployed_prefers)
     return decide(
-        AdapterScores(torch.cat(candidate_rewards).mean().item(), candidate_agreement),
-        AdapterScores(torch.cat(deployed_rewards).mean().item(), deployed_agreement),
-        torch.cat(kls).mean().item(), agreement_drop_z=drop_z,
+        AdapterScores(candidate.reward_mean, candidate_agreement),
+        AdapterScores(deployed_rewards.mean().item(), deployed_agreement),
+        candidate.kl_mean, agreement_drop_z=drop_z,
         heldout_prompts=len(prompts), heldout_pairs=len(pairs), settings=settings,
     )
 
 
 @torch.no_grad()
 def pair_preferences(
-    stack: PolicyStack, pairs: Sequence[PreferencePair], settings: GateSettings
+    stack: PolicyStack, pairs: Sequence[TextPair], settings: GateSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(policy's, reference's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one)."""
     if not pairs:

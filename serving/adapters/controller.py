@@ -52,8 +52,17 @@ from streams.log import EventLog
 log = logging.getLogger(__name__)
 
 _ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=120.0)  # a LoRA's first request warms it up: seconds
-_TRANSIENT = frozenset({"no_engine", "engine_error", "no_base_model"})
-"""Refusal reasons that say nothing about the adapter: retried on the next poll, not recorded."""
+
+
+class SwapDeferred(Exception):
+    """A swap that cannot happen now for a reason that says nothing about the adapter: no engine
+    is up, an engine did not answer, the served base model is not known yet. Unlike
+    `AdapterRefused` (the adapter is bad: recorded, never retried) it is retried on the next poll."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class HotSwapController:
@@ -207,11 +216,11 @@ class HotSwapController:
             await self._load_everywhere(name, folder)
             await self._canary_everywhere(name)
             return True
+        except SwapDeferred as deferred:
+            log.warning("%s@%d not swapped in yet: %s; retrying", scope, version, deferred)
+            self._retry[scope] = event
+            return False
         except AdapterRefused as refusal:
-            if refusal.reason in _TRANSIENT:
-                log.warning("%s@%d not swapped in yet: %s; retrying", scope, version, refusal)
-                self._retry[scope] = event
-                return False
             await self._refuse(scope, version, refusal)
             live = self.router.live().get(scope)
             if live is None or live.engine_model != name:
@@ -233,7 +242,7 @@ class HotSwapController:
             return self.settings.base_model_dir
         roots = {engine.base_model_root for engine in self._pool.engines if engine.up}
         if len(roots) != 1 or None in roots:
-            raise AdapterRefused("no_base_model", f"cannot tell the served base model folder from the engines "
+            raise SwapDeferred("no_base_model", f"cannot tell the served base model folder from the engines "
                                  f"(roots {sorted(map(str, roots))}); set HHH_ADAPTERS_BASE_MODEL_DIR")
         return Path(roots.pop())
 
@@ -252,7 +261,7 @@ class HotSwapController:
     def _engines(self) -> list[Engine]:
         engines = [engine for engine in self._pool.engines if engine.up]
         if not engines:
-            raise AdapterRefused("no_engine", str(self._pool.unavailable()))
+            raise SwapDeferred("no_engine", str(self._pool.unavailable()))
         return engines
 
     async def _load_everywhere(self, name: str, folder: Path) -> None:
@@ -261,7 +270,7 @@ class HotSwapController:
     async def _load(self, engine: Engine, name: str, folder: Path) -> None:
         body = {"lora_name": name, "lora_path": str(folder)}
         status, text = await self._post(engine, "/v1/load_lora_adapter", body)
-        if status != 200 and not (status == 400 and "already been loaded" in text):
+        if status != 200 and name not in await self._served_models(engine):  # loaded before a restart
             raise AdapterRefused("load_failed", f"{engine.url} refused to load it ({status}): {text[:500]}")
         self._loaded[engine.url].add(name)
         metrics.ADAPTERS_LOADED.labels(engine=engine.url).set(len(self._loaded[engine.url]))
@@ -272,7 +281,7 @@ class HotSwapController:
                 continue
             try:
                 status, text = await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": name})
-            except AdapterRefused as error:
+            except SwapDeferred as error:
                 log.warning("could not unload %s from %s: %s", name, engine.url, error)
                 continue
             if status not in (200, 404):
@@ -281,21 +290,28 @@ class HotSwapController:
             self._loaded[engine.url].discard(name)
             metrics.ADAPTERS_LOADED.labels(engine=engine.url).set(len(self._loaded[engine.url]))
 
+    async def _served_models(self, engine: Engine) -> dict[str, str | None]:
+        """Model id -> its parent (None for the base model) of what ``engine`` serves now."""
+        try:
+            async with self._pool.session.get(f"{engine.url}/v1/models", timeout=_ADMIN_TIMEOUT) as response:
+                return {model["id"]: model.get("parent") for model in (await response.json())["data"]}
+        except (*ENGINE_ERRORS, KeyError, TypeError, ValueError) as error:
+            raise SwapDeferred("engine_error", f"could not list the models of {engine.url}: {error}") from error
+
     async def _unload_leftovers(self) -> None:
         """Unload this replica's adapters that engines still hold from before a restart."""
         live = {route.engine_model for route in self.router.live().values()} | {self.null_name}
         prefix = f"hhh-{self.replica}-"
         for engine in self._pool.engines:
             try:
-                async with self._pool.session.get(f"{engine.url}/v1/models", timeout=_ADMIN_TIMEOUT) as response:
-                    models = (await response.json())["data"]
-            except (*ENGINE_ERRORS, KeyError, ValueError) as error:
-                log.warning("could not list the adapters of %s: %s", engine.url, error)
+                models = await self._served_models(engine)
+            except SwapDeferred as error:
+                log.warning("%s", error)
                 continue
-            for model in models:
-                if model.get("parent") is not None and model["id"].startswith(prefix) and model["id"] not in live:
-                    self._loaded[engine.url].add(model["id"])
-                    await self._unload_everywhere(model["id"])
+            for model_id, parent in models.items():
+                if parent is not None and model_id.startswith(prefix) and model_id not in live:
+                    self._loaded[engine.url].add(model_id)
+                    await self._unload_everywhere(model_id)
 
     async def _canary_everywhere(self, name: str) -> None:
         """The first request through a new adapter also warms it up (seconds on CPU, once)."""
@@ -330,7 +346,7 @@ class HotSwapController:
             async with self._pool.session.post(f"{engine.url}{path}", json=body, timeout=_ADMIN_TIMEOUT) as response:
                 return response.status, await response.text()
         except ENGINE_ERRORS as error:
-            raise AdapterRefused("engine_error", f"{engine.url}{path}: {type(error).__name__}: {error}") from error
+            raise SwapDeferred("engine_error", f"{engine.url}{path}: {type(error).__name__}: {error}") from error
 
 
 def _close(consumer: object, event_log: EventLog) -> None:

@@ -2,7 +2,7 @@
 reward model → a PPO round on the global adapter → the gate → a published adapter version and
 its `adapters` event; then a round against that version, refused over a tight KL budget.
 
-That PPO raises the reward is `tests/trainer/test_ppo_trainer.py`'s test; here the first gate
+That PPO raises the reward is `tests/trainer/rl/test_ppo.py`'s test; here the first gate
 is lenient, so the test is about the round's plumbing, records and verdicts.
 """
 
@@ -22,10 +22,9 @@ from serving.adapters.store import AdapterStore
 from streams.codec import ADAPTERS
 from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
-from tests.trainer.test_reward_refresh import publish_all, politeness_events
-from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.demo_model.feedback import politeness_events, publish_all
+from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.daemon import TrainingDaemon
-from trainer.gate import GateSettings
 from trainer.metrics import VERDICTS
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.rl_helpers import (
+from tests.trainer.rl.helpers import (
     heldout_conversations,
     move_policy,
     polite_reward,
@@ -24,7 +24,7 @@ from trainer.gate import (
     prefers_chosen,
     weighted_share,
 )
-from trainer.rl.dpo import PreferencePair
+from trainer.rl.dpo import TextPair
 from trainer.rl.models import load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.rollout import sample_rollout
@@ -83,9 +83,9 @@ def test_each_failed_check_refuses_with_its_reason(
     assert len(decision.reasons) == 1 and decision.reasons[0].startswith(reason), decision.reasons
 
 
-def heldout_pairs() -> list[PreferencePair]:
+def heldout_pairs() -> list[TextPair]:
     prompts = heldout_conversations()[:6]
-    return [PreferencePair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.")
+    return [TextPair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.")
             for p in prompts]
 
 

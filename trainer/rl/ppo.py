@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -27,13 +28,8 @@ import torch
 
 from trainer.config import PPOSettings
 from trainer.rl.advantages import gae
-from trainer.rl.kl import (
-    AdaptiveKLController,
-    FixedKLController,
-    exact_token_kl,
-    kl_estimate,
-    shaped_rewards,
-)
+from trainer.rl.evaluation import RewardFn
+from trainer.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate, shaped_rewards
 from trainer.rl.losses import explained_variance, ppo_loss
 from trainer.rl.masked import masked_whiten
 from trainer.rl.models import PolicyStack, token_logprobs
@@ -42,10 +38,34 @@ from trainer.rl.rollout import Conversation, Rollout, sample_rollout
 from trainer.rl.vllm_rollout import VLLMRolloutSampler
 
 
-class RewardFn(Protocol):
-    """Scores responses: (B,) float tensor, higher is better, one per (prompt, response)."""
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A rollout scored for the update: what PPO's epochs read, B responses of T tokens.
 
-    def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor: ...
+    Everything is fixed before the first gradient step: log π_old, V_old and the advantages
+    are the rollout policy's, not the one being updated.
+    """
+
+    input_ids: torch.Tensor
+    """(B, P + T) prompt block (left-padded) then response block (right-padded)."""
+    attention_mask: torch.Tensor
+    """(B, P + T) 1 on real tokens."""
+    prompt_width: int
+    """P."""
+    response_ids: torch.Tensor
+    """(B, T) a_t, the sampled tokens."""
+    mask: torch.Tensor
+    """(B, T) float, 1 on response tokens up to and including EOS."""
+    logprobs: torch.Tensor
+    """(B, T) log π_old(a_t | s_t), at the sampling temperature."""
+    values: torch.Tensor
+    """(B, T) V_old(s_t), 0 outside the mask."""
+    advantages: torch.Tensor
+    """(B, T) GAE Â_t (whitened over the mask when configured)."""
+    returns: torch.Tensor
+    """(B, T) Â_t + V_old(s_t), the value target."""
+    kl_sum: torch.Tensor
+    """(B,) Σ_t KL_t estimate to the reference per response (the penalty's KL)."""
 
 
 class RolloutSampler(Protocol):
@@ -109,7 +129,7 @@ class PPOTrainer:
         rollout_s = time.perf_counter() - started
         update = self._update(batch)
         beta = self.kl_controller.beta
-        kl_per_response = batch["kl_sum"].mean().item()
+        kl_per_response = batch.kl_sum.mean().item()
         self.kl_controller.update(kl_per_response, len(prompts))
         self.iterations_done += 1
         elapsed = time.perf_counter() - started
@@ -120,7 +140,7 @@ class PPOTrainer:
             "kl": kl_per_response,
             "beta": beta,
             "response_length": rollout.response_mask.sum(1).mean().item(),
-            "explained_variance": explained_variance(batch["values"], batch["returns"], batch["mask"]),
+            "explained_variance": explained_variance(batch.values, batch.returns, batch.mask),
             **update,
             "rollout_s": rollout_s,
             "samples_per_s": len(prompts) / elapsed,
@@ -129,7 +149,7 @@ class PPOTrainer:
         return metrics
 
     @torch.no_grad()
-    def _score(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, Any]:
+    def _score(self, rollout: Rollout, scores: torch.Tensor) -> ScoredBatch:
         """Old log-probs, values, reference log-probs, shaped rewards, advantages and returns."""
         s = self.settings
         logprobs, values, ref_logprobs = [], [], []
@@ -147,12 +167,14 @@ class PPOTrainer:
         advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
         if s.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        return {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
-                "response_ids": rollout.response_ids, "mask": mask, "logprobs": old_logprobs,
-                "values": old_values, "advantages": advantages, "returns": returns,
-                "kl_sum": kl.sum(1), "prompt_width": rollout.prompt_width}
+        return ScoredBatch(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+            prompt_width=rollout.prompt_width, response_ids=rollout.response_ids, mask=mask,
+            logprobs=old_logprobs, values=old_values, advantages=advantages, returns=returns,
+            kl_sum=kl.sum(1),
+        )
 
-    def _update(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _update(self, batch: ScoredBatch) -> dict[str, Any]:
         """PPO epochs over mini-batches; the means of the per-mini-batch losses and statistics."""
         s = self.settings
         self.stack.peft_model.train()
@@ -160,7 +182,7 @@ class PPOTrainer:
                                          ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
         early_stopped = False
         for _ in range(s.ppo_epochs):
-            for rows in self._minibatches(len(batch["mask"]), shuffle=True):
+            for rows in self._minibatches(len(batch.mask), shuffle=True):
                 minibatch_stats = self._step(batch, rows)
                 for name, value in minibatch_stats.items():
                     stats[name].append(value)
@@ -173,7 +195,7 @@ class PPOTrainer:
         return {**{k: sum(v) / len(v) for k, v in stats.items()},
                 "minibatch_steps": len(stats["approx_kl"]), "early_stopped": early_stopped}
 
-    def _step(self, batch: dict[str, Any], rows: torch.Tensor) -> dict[str, float]:
+    def _step(self, batch: ScoredBatch, rows: torch.Tensor) -> dict[str, float]:
         """One optimiser step on mini-batch `rows`, accumulated over micro-batches.
 
         Each part of L is a mean over the mini-batch's valid tokens, so a micro-batch's loss is
@@ -181,19 +203,18 @@ class PPOTrainer:
         while activations are held for one micro-batch at a time.
         """
         s = self.settings
-        width = batch["prompt_width"]
-        tokens = batch["mask"][rows].sum()
+        tokens = batch.mask[rows].sum()
         totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         for micro in rows.split(s.micro_batch_size or len(rows)):
-            share = batch["mask"][micro].sum() / tokens
-            logits, values = self.stack.policy_outputs(batch["input_ids"][micro],
-                                                       batch["attention_mask"][micro], width)
+            share = batch.mask[micro].sum() / tokens
+            logits, values = self.stack.policy_outputs(batch.input_ids[micro],
+                                                       batch.attention_mask[micro], batch.prompt_width)
             logits = logits / s.temperature
             loss = ppo_loss(
-                logits, token_logprobs(logits, batch["response_ids"][micro]), values,
-                batch["logprobs"][micro], batch["values"][micro], batch["advantages"][micro],
-                batch["returns"][micro], batch["mask"][micro], clip_eps=s.clip_eps,
+                logits, token_logprobs(logits, batch.response_ids[micro]), values,
+                batch.logprobs[micro], batch.values[micro], batch.advantages[micro],
+                batch.returns[micro], batch.mask[micro], clip_eps=s.clip_eps,
                 value_clip_eps=s.value_clip_eps, value_coef=s.value_coef, entropy_coef=s.entropy_coef,
             )
             (loss.total * share).backward()
@@ -209,29 +230,3 @@ class PPOTrainer:
         order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
         size = math.ceil(n / self.settings.num_minibatches)
         return list(order.split(size))
-
-    @torch.no_grad()
-    def evaluate(self, prompts: Sequence[Conversation], samples_per_prompt: int = 1) -> dict[str, float]:
-        """Mean reward and mean KL(π_θ ‖ π_ref) per response on `prompts` (e.g. held-out ones).
-
-        The KL is exact per token (whole vocabulary, `exact_token_kl`), summed over each sampled
-        response: no estimator noise beyond the sampling of the responses.
-        """
-        s = self.settings
-        self.stack.peft_model.eval()
-        repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-        rewards, kls = [], []
-        for start in range(0, len(repeated), s.rollout_batch_size):
-            chunk = repeated[start : start + s.rollout_batch_size]
-            rollout = sample_rollout(self.stack, chunk, max_new_tokens=s.max_new_tokens,
-                                     temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens,
-                                     merged=s.merge_for_rollout)
-            rewards.append(self.reward_fn(rollout.prompts, rollout.responses).float())
-            logits, _ = self.stack.policy_outputs(rollout.input_ids, rollout.attention_mask,
-                                                  rollout.prompt_width)
-            ref_logits = self.stack.reference_logits(rollout.input_ids, rollout.attention_mask,
-                                                     rollout.prompt_width)
-            token_kl = exact_token_kl(logits / s.temperature, ref_logits / s.temperature)
-            kls.append((token_kl * rollout.response_mask).sum(1))
-        reward = torch.cat(rewards)
-        return {"reward_mean": reward.mean().item(), "kl": torch.cat(kls).mean().item()}

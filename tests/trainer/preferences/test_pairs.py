@@ -12,26 +12,32 @@ from trainer.preferences.pairs import (
     Judgement,
     krippendorff_alpha_nominal,
     merge_judgements,
-    ranking_pairs,
     thumbs_pairs,
 )
 
 
+def one_labelers_pairs(*groups: list[str]) -> list[tuple[str, str]]:
+    """(winner, loser) pairs the consensus makes of one labeler's ranking (tie groups, best
+    first): the path every ranking takes into the dataset; each pair weighs 1."""
+    consensus = merge_judgements([Judgement("p", "helpfulness", "ann", tuple(tuple(g) for g in groups))])
+    assert all(p.weight == 1.0 and p.labelers == ("ann",) for p in consensus.pairs)
+    return [(p.winner, p.loser) for p in consensus.pairs]
+
+
 def test_a_ranking_without_ties_gives_all_n_choose_2_pairs() -> None:
-    pairs = ranking_pairs([["a"], ["b"], ["c"], ["d"]])
+    pairs = one_labelers_pairs(["a"], ["b"], ["c"], ["d"])
     assert len(pairs) == comb(4, 2) == 6
     assert ("a", "d") in pairs and ("d", "a") not in pairs
 
 
 def test_tied_completions_give_no_pair_between_them() -> None:
-    assert sorted(ranking_pairs([["a"], ["b", "c"], ["d"]])) == [
+    assert sorted(one_labelers_pairs(["a"], ["b", "c"], ["d"])) == [
         ("a", "b"), ("a", "c"), ("a", "d"), ("b", "d"), ("c", "d")
     ]
 
 
-def test_unusable_completions_are_dropped_before_pairing() -> None:
-    assert ranking_pairs([["a"], ["x"], ["b"]], unusable={"x"}) == [("a", "b")]
-    assert ranking_pairs([["x"], ["a"]], unusable={"x"}) == []
+def test_the_winner_is_the_better_ranked_whichever_id_sorts_first() -> None:
+    assert sorted(one_labelers_pairs(["z"], ["a"], ["m"])) == [("a", "m"), ("z", "a"), ("z", "m")]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=6))
@@ -39,9 +45,11 @@ def test_pair_count_is_n_choose_2_minus_the_ties(group_sizes: list[int]) -> None
     ids = iter(range(100))
     groups = [[f"c{next(ids)}" for _ in range(size)] for size in group_sizes]
     n = sum(group_sizes)
-    pairs = ranking_pairs(groups)
+    pairs = one_labelers_pairs(*groups)
     assert len(pairs) == comb(n, 2) - sum(comb(size, 2) for size in group_sizes)
     assert len(set(pairs)) == len(pairs)
+    rank = {cid: position for position, group in enumerate(groups) for cid in group}
+    assert all(rank[winner] < rank[loser] for winner, loser in pairs)
 
 
 def test_thumbs_pair_every_up_with_every_down_by_majority() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from streams.codec import COMPLETIONS, FEEDBACK
 from streams.events import CompletionEvent
 from streams.sqlite_log import SqliteEventLog
-from tests.trainer.test_reward_refresh import politeness_events
+from trainer.demo_model.feedback import politeness_events
 from trainer.reward.versions import RewardModelStore
 
 
@@ -47,4 +47,4 @@ def test_train_reward_once_refuses_too_few_pairs_then_stores_a_version(
     assert f"stored reward model version 1 in {tmp_path / 'reward-models' / '1'}" in trained.stdout
     assert "reward_train step=" in trained.stderr  # no terminal: progress goes to the log
     manifest = RewardModelStore(tmp_path / "reward-models").manifest(1)
-    assert manifest["data"]["train_pairs"] >= 32 and manifest["parent_version"] is None
+    assert manifest.data.train_pairs >= 32 and manifest.parent_version is None

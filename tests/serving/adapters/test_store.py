@@ -23,7 +23,7 @@ from serving.adapters.store import (
 from streams.codec import ADAPTERS
 from streams.events import AdapterPublishedEvent
 from streams.sqlite_log import SqliteEventLog
-from tests.fixtures.gateway import make_lora_adapter
+from trainer.demo_model.adapters import make_lora_adapter
 
 
 @pytest.fixture(scope="module")

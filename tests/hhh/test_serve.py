@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from streams.tansu import free_port
+from common.processes import free_port
 
 pytestmark = pytest.mark.vllm
 

@@ -3,70 +3,23 @@ that orders held-out pairs; warm-started refreshes; pair sets refused as too sma
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from streams.codec import COMPLETIONS, FEEDBACK
 from streams.config import KafkaSettings
-from streams.events import (
-    AdapterRef,
-    ChatMessage,
-    CompletionEvent,
-    Event,
-    RankingFeedback,
-    SamplingParams,
-    ThumbsFeedback,
-)
+from streams.events import AdapterRef, ChatMessage, CompletionEvent, Event, RankingFeedback, SamplingParams
 from streams.kafka_log import KafkaEventLog
 from streams.log import Record
 from trainer.config import RewardSettings, TrainerSettings
-from trainer.demo_model.corpus import Dialogue, generate_dialogues, preferred_style
+from trainer.demo_model.feedback import T0, politeness_events, publish_all
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore
 from trainer.metrics import REWARD_REFRESHES
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
-from trainer.reward.versions import RewardModelStore, file_sha256
-
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def politeness_events(prompts: range) -> list[Event]:
-    """For each prompt: a polite, a curt and a rude reply of its intent, then feedback that
-    prefers polite over curt over rude (a labeler's ranking on even prompts, a user's thumbs,
-    polite up and rude down, on odd ones). Completions come first, as the gateway logs them."""
-    by_style: dict[tuple[str, str], list[Dialogue]] = {}
-    for dialogue in generate_dialogues(6000, seed=11):
-        by_style.setdefault((dialogue.intent, dialogue.style), []).append(dialogue)
-    askers = [d for d in generate_dialogues(4 * len(prompts) + 4 * prompts.start, seed=12)
-              if preferred_style(d.intent) == "polite"][prompts.start : prompts.stop]
-    completions: list[Event] = []
-    feedback: list[Event] = []
-    for number, asker in zip(prompts, askers, strict=True):
-        prompt_id, user = f"prompt-{number}", f"user-{number % 7}"
-        ids = {}
-        for style in ("polite", "curt", "rude"):
-            replies = by_style[(asker.intent, style)]
-            ids[style] = f"{prompt_id}-{style}"
-            completions.append(CompletionEvent(
-                completion_id=ids[style], request_id=prompt_id, prompt_id=prompt_id, user_id=user,
-                messages=[ChatMessage(**m) for m in asker.messages],
-                completion=replies[number % len(replies)].response, choice_index=len(ids) - 1,
-                adapter=AdapterRef(scope="base"), model="tiny", sampling=SamplingParams(n=3),
-                prompt_tokens=10, completion_tokens=10, latency_ms=1.0, created_at=T0,
-            ))
-        if number % 2 == 0:
-            feedback.append(RankingFeedback(
-                prompt_id=prompt_id, user_id="lena", labeler_id="lena",
-                ranking=[[ids["polite"]], [ids["curt"]], [ids["rude"]]],
-                created_at=T0 + timedelta(minutes=1)))
-        else:
-            feedback += [ThumbsFeedback(completion_id=ids["polite"], user_id=user, vote="up"),
-                         ThumbsFeedback(completion_id=ids["rude"], user_id=user, vote="down")]
-    return completions + feedback
-
+from common.files import sha256_file
+from trainer.reward.versions import RewardModelStore
 
 def settings_for(tmp_path: Path, tiny_model_dir: Path, **reward: object) -> tuple[TrainerSettings, RewardSettings]:
     trainer = TrainerSettings(dataset_path=tmp_path / "dataset.db", eval_percent=20)
@@ -75,15 +28,6 @@ def settings_for(tmp_path: Path, tiny_model_dir: Path, **reward: object) -> tupl
     reward.setdefault("max_length", 96)  # the replies and the end of their prompt: fast enough
     return trainer, RewardSettings(base_model=tiny_model_dir, store_dir=tmp_path / "reward-models",
                                    threads=2, **reward)
-
-
-def publish_all(event_log: KafkaEventLog, events: list[Event]) -> None:
-    for event in events:
-        if isinstance(event, CompletionEvent):
-            event_log.publish(COMPLETIONS, event.prompt_id, event)
-        else:
-            event_log.publish(FEEDBACK, event.user_id, event)
-    event_log.flush()
 
 
 @pytest.mark.kafka
@@ -114,10 +58,10 @@ def test_feedback_through_the_broker_trains_a_reward_model_that_orders_held_out_
     assert second.metrics["eval_accuracy"] >= 0.9, second.metrics
     versions = RewardModelStore(reward.store_dir)
     manifest = versions.manifest(2)
-    assert manifest["parent_version"] == 1 and manifest["training"]["epochs"] == reward.refresh_epochs
-    assert manifest["data"]["new_pairs"] >= reward.refresh_min_new_pairs
+    assert manifest.parent_version == 1 and manifest.training.epochs == reward.refresh_epochs
+    assert manifest.data.new_pairs >= reward.refresh_min_new_pairs
     folder = versions.path(2)
-    assert {name: file_sha256(folder / name) for name in manifest["files"]} == manifest["files"]
+    assert {name: sha256_file(folder / name) for name in manifest.files} == manifest.files
     assert sorted(p.name for p in reward.store_dir.iterdir()) == [".lock", "1", "2"]
 
     # PPO's view: on the completions the model was trained on, normalised rewards have mean 0

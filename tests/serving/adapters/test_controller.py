@@ -8,7 +8,6 @@ really change the outputs (the canary checks that).
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections import Counter
@@ -23,13 +22,15 @@ from transformers import AutoTokenizer
 
 from serving.adapters.config import AdapterSettings
 from serving.adapters.publish import announce, publish_adapter
-from serving.adapters.store import AdapterStore, Manifest, sha256_file
+from common.files import sha256_file
+from serving.adapters.store import AdapterStore, Manifest
 from serving.engine import EngineProcess
 from streams.config import KafkaSettings
 from streams.kafka_log import KafkaEventLog
 from streams.log import EventLog
 from tests.fixtures.event_logs import open_log
-from tests.fixtures.gateway import RunningGateway, make_lora_adapter, start_gateway
+from tests.fixtures.gateway import RunningGateway, start_gateway
+from trainer.demo_model.adapters import make_lora_adapter
 
 pytestmark = [pytest.mark.vllm, pytest.mark.kafka]
 

@@ -11,14 +11,15 @@ from transformers import AutoModelForCausalLM
 
 from trainer.config import RewardSettings
 from trainer.demo_model.corpus import generate_dialogues
-from trainer.reward.model import REWARD_ADAPTER, RewardModel, encode, last_token_index, load_tokenizer, pad_right
+from trainer.reward.model import REWARD_ADAPTER, RewardModel, encode, last_token_index
+from trainer.tokens import load_tokenizer, pad_right
 from trainer.reward.train import EncodedPair, backward_batch, micro_batches, rewards_of, train_pairs
 
 SETTINGS = RewardSettings(batch_size=4, learning_rate=1e-2, epochs=1)
 
 
 def sequences(model_dir: Path, count: int) -> list[list[int]]:
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side="right")
     return [encode(tokenizer, d.messages, d.response, 128) for d in generate_dialogues(count, seed=3)]
 
 
@@ -38,7 +39,7 @@ def test_every_trainable_parameter_changes_and_no_frozen_one_does(tiny_model_dir
     pairs = [EncodedPair(seqs[i], seqs[i + 1], 1.0) for i in range(0, 16, 2)]
 
     # Two steps: LoRA's B starts at zero, so A's gradient is zero until B has moved once.
-    train_pairs(model, pairs, SETTINGS, epochs=1, pad_id=load_tokenizer(tiny_model_dir).pad_token_id,
+    train_pairs(model, pairs, SETTINGS, epochs=1, pad_id=load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id,
                 progress=False)
 
     for name, p in model.named_parameters():
@@ -49,7 +50,7 @@ def test_every_trainable_parameter_changes_and_no_frozen_one_does(tiny_model_dir
 def test_a_reward_does_not_depend_on_the_padding_of_its_batch(tiny_model_dir: Path) -> None:
     model = RewardModel.create(tiny_model_dir, "value_head", SETTINGS).eval()
     seqs = sequences(tiny_model_dir, 6)
-    pad_id = load_tokenizer(tiny_model_dir).pad_token_id
+    pad_id = load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id
     alone = torch.stack([rewards_of(model, [s], pad_id, 1)[0] for s in seqs])
     batched = rewards_of(model, seqs, pad_id, 6)  # right-padded: no attention mask needed
     assert len({len(s) for s in seqs}) > 1
@@ -63,7 +64,7 @@ def test_a_reward_does_not_depend_on_the_padding_of_its_batch(tiny_model_dir: Pa
 def test_a_saved_model_loads_alone_or_as_an_adapter_beside_the_policy(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = RewardModel.create(tiny_model_dir, "value_head", SETTINGS)
     seqs = sequences(tiny_model_dir, 6)
-    pad_id = load_tokenizer(tiny_model_dir).pad_token_id
+    pad_id = load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id
     pairs = [EncodedPair(seqs[i], seqs[i + 1], 1.0) for i in range(0, 6, 2)]
     train_pairs(model, pairs, SETTINGS, epochs=1, pad_id=pad_id, progress=False)
     expected = rewards_of(model, seqs, pad_id, 6)
@@ -97,7 +98,7 @@ def test_micro_batches_give_the_same_gradient_as_the_whole_batch(tiny_model_dir:
     seqs = sequences(tiny_model_dir, 16)
     weights = [1, 0.2, 0.5, 1, 1, 0.3, 0.7, 1]
     pairs = [EncodedPair(seqs[2 * i], seqs[2 * i + 1], w) for i, w in enumerate(weights)]
-    pad_id = load_tokenizer(tiny_model_dir).pad_token_id
+    pad_id = load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id
     model = RewardModel.create(tiny_model_dir, "value_head", SETTINGS).double()  # exact enough to compare
     torch.nn.init.normal_(model.backbone.get_base_model().model.layers[0].mlp.up_proj.lora_B["reward"].weight)
     gradients, losses = [], []

@@ -86,6 +86,15 @@ def test_rankings_the_gateway_should_have_refused_are_skipped_and_counted(store:
     assert [(p.chosen_id, p.rejected_id) for p in built.pairs] == [("b", "a")]
 
 
+def test_unusable_completions_are_dropped_before_pairing(store: DatasetStore) -> None:
+    store.apply(records(completion("a"), completion("b"), completion("x"),
+                        RankingFeedback(prompt_id="p1", user_id="u", labeler_id="u",
+                                        ranking=[["a"], ["b"]], unusable=["x"])))
+    built = store.build_pairs()
+    assert [(p.chosen_id, p.rejected_id) for p in built.pairs] == [("a", "b")]
+    assert built.skipped == {"unusable_completions": 1}
+
+
 def test_prompts_are_distinct_recent_first_and_split_like_the_pairs(store: DatasetStore) -> None:
     events = []
     for i in range(40):

@@ -56,7 +56,7 @@ def test_invalid_settings_name_the_value(tmp_path: Path) -> None:
 
 
 def test_data_rebuild_then_stats_report_pairs_and_agreement(tmp_path: Path) -> None:
-    from tests.trainer.test_store import completion
+    from tests.trainer.preferences.test_store import completion
 
     from streams.codec import COMPLETIONS
     from streams.events import RankingFeedback

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.rl_helpers import write_deployed_adapter
+from tests.trainer.rl.helpers import write_deployed_adapter
 from trainer.config import DPOSettings
 from trainer.demo_model.corpus import Dialogue, generate_dialogues, heldout_prompts
-from trainer.rl.dpo import DPOTrainer, PreferencePair, load_dpo_stack
+from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
+from trainer.rl.losses import dpo_loss
 from trainer.rl.models import POLICY_ADAPTER, REFERENCE_ADAPTER
 from trainer.rl.record import RunRecord
 
 
-def polite_over_rude_pairs(dialogues: list[Dialogue], prompts: list[tuple[str, str]]) -> list[PreferencePair]:
+def polite_over_rude_pairs(dialogues: list[Dialogue], prompts: list[tuple[str, str]]) -> list[TextPair]:
     """For each (intent, user text): a polite reply of that intent preferred over a rude one."""
     replies: dict[tuple[str, str], list[str]] = defaultdict(list)
     for d in dialogues:
@@ -26,7 +27,7 @@ def polite_over_rude_pairs(dialogues: list[Dialogue], prompts: list[tuple[str, s
     for i, (intent, user) in enumerate(prompts):
         polite, rude = replies[intent, "polite"], replies[intent, "rude"]
         if polite and rude:
-            pairs.append(PreferencePair([{"role": "user", "content": user}],
+            pairs.append(TextPair([{"role": "user", "content": user}],
                                         polite[i % len(polite)], rude[i % len(rude)]))
     return pairs
 
@@ -52,9 +53,9 @@ def test_dpo_raises_the_implicit_reward_margin_on_heldout_pairs(
               if f".{POLICY_ADAPTER}." in n}
     trainer = DPOTrainer(stack, settings, RunRecord(tmp_path / "dpo.jsonl", "dpo"))
 
-    before = trainer.evaluate(heldout)
+    before = implicit_reward_margins(trainer, heldout)
     history = trainer.train(train)
-    after = trainer.evaluate(heldout)
+    after = implicit_reward_margins(trainer, heldout)
 
     assert before["reward_margin"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the global adapter
     assert after["reward_margin"] > 0.3 and after["accuracy"] >= 0.8, (before, after)
@@ -71,7 +72,16 @@ def test_dpo_raises_the_implicit_reward_margin_on_heldout_pairs(
         _policy_logprobs(trainer, heldout[:4]), abs=1e-3)
 
 
-def _policy_logprobs(trainer: DPOTrainer, pairs: list[PreferencePair]) -> torch.Tensor:
+def implicit_reward_margins(trainer: DPOTrainer, pairs: list[TextPair]) -> dict[str, float]:
+    """Mean implicit reward margin β·((π_w − ref_w) − (π_l − ref_l)) on `pairs`, and the share
+    of pairs where it is positive (accuracy)."""
+    reference = trainer.reference_logprobs(pairs)
+    policy = _policy_logprobs(trainer, pairs)
+    margins = dpo_loss(policy[0], policy[1], reference[0], reference[1], trainer.settings.beta).margins
+    return {"reward_margin": margins.mean().item(), "accuracy": (margins > 0).float().mean().item()}
+
+
+def _policy_logprobs(trainer: DPOTrainer, pairs: list[TextPair]) -> torch.Tensor:
     with torch.no_grad():
         return trainer.policy_logprobs(pairs)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from serving.engine import EngineProcess
-from tests.trainer.rl_helpers import (
+from tests.trainer.rl.helpers import (
     heldout_conversations,
     move_policy,
     polite_reward,
@@ -27,6 +27,7 @@ from trainer.rl.models import (
     load_policy_stack,
     lora_config,
 )
+from trainer.rl.evaluation import SamplingSpec, evaluate_policy
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import sample_rollout
@@ -41,9 +42,11 @@ def deployed_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return write_deployed_adapter(tiny_model_dir, tmp_path_factory.mktemp("deployed"))
 
 
-def stack_for(model_dir: Path, deployed: Path | None, settings: PPOSettings) -> PolicyStack:
+def stack_for(
+    model_dir: Path, deployed: Path | None, settings: PPOSettings, *, share_base: bool = True
+) -> PolicyStack:
     config = lora_config(settings.lora_rank, settings.lora_alpha, settings.lora_target_modules)
-    return load_policy_stack(model_dir, deployed, config, share_base=settings.share_base, seed=settings.seed)
+    return load_policy_stack(model_dir, deployed, config, share_base=share_base, seed=settings.seed)
 
 
 def base_weight_bytes(stack: PolicyStack) -> int:
@@ -67,8 +70,8 @@ def probe_batch(stack: PolicyStack) -> tuple[torch.Tensor, torch.Tensor, int]:
 def test_shared_base_is_one_copy_and_gives_the_same_reference_as_separate_models(
     tiny_model_dir: Path, deployed_adapter: Path
 ) -> None:
-    shared = stack_for(tiny_model_dir, deployed_adapter, PPOSettings(share_base=True))
-    separate = stack_for(tiny_model_dir, deployed_adapter, PPOSettings(share_base=False))
+    shared = stack_for(tiny_model_dir, deployed_adapter, PPOSettings(), share_base=True)
+    separate = stack_for(tiny_model_dir, deployed_adapter, PPOSettings(), share_base=False)
     one_base = sum(p.numel() * p.element_size() for p in load_frozen_base(tiny_model_dir).parameters())
     assert base_weight_bytes(shared) == one_base
     assert base_weight_bytes(separate) == 2 * one_base
@@ -101,8 +104,8 @@ def test_first_round_reference_is_the_base_model(tiny_model_dir: Path) -> None:
 def test_an_iteration_changes_every_policy_weight_and_nothing_frozen(
     tiny_model_dir: Path, deployed_adapter: Path, share_base: bool
 ) -> None:
-    settings = PPOSettings(share_base=share_base, **SMALL)
-    stack = stack_for(tiny_model_dir, deployed_adapter, settings)
+    settings = PPOSettings(**SMALL)
+    stack = stack_for(tiny_model_dir, deployed_adapter, settings, share_base=share_base)
     ids, attn, width = probe_batch(stack)
     reference_before = stack.reference_logits(ids, attn, width)
     policy = {n: p.detach().clone() for n, p in stack.peft_model.named_parameters()
@@ -165,14 +168,16 @@ def test_ppo_raises_the_heldout_reward_with_kl_under_budget(tiny_model_dir: Path
     stack = stack_for(tiny_model_dir, None, settings)
     record_path = tmp_path / "run.jsonl"
     trainer = PPOTrainer(stack, polite_reward, settings, RunRecord(record_path, "ppo"))
-    heldout = heldout_conversations()
-    before = trainer.evaluate(heldout, samples_per_prompt=2)
+    heldout = [p for p in heldout_conversations() for _ in range(2)]
+    spec = SamplingSpec(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                        max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.rollout_batch_size)
+    before = evaluate_policy(stack, polite_reward, heldout, spec)
     trainer.train(training_prompts(400), iterations=10)
-    after = trainer.evaluate(heldout, samples_per_prompt=2)
+    after = evaluate_policy(stack, polite_reward, heldout, spec)
 
-    assert before["kl"] == pytest.approx(0.0, abs=1e-4)
-    assert after["reward_mean"] >= before["reward_mean"] + 0.1, (before, after)
-    assert after["kl"] < 10.0, after
+    assert before.kl_mean == pytest.approx(0.0, abs=1e-4)
+    assert after.reward_mean >= before.reward_mean + 0.1, (before.reward_mean, after.reward_mean)
+    assert after.kl_mean < 10.0, after.kl_mean
     entries = [json.loads(line) for line in record_path.read_text().splitlines()]
     assert [e["iteration"] for e in entries] == list(range(1, 11))
     for key in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "approx_kl",

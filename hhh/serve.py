@@ -10,16 +10,23 @@ gateway follows the ``adapters`` topic of the configured event log and hot-swaps
 `hhh up` is the same with the trainer daemon as a third supervised process: the whole service
 on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
 serves.
+
+This module is the composition root's: it joins serving (gateway, engine), the trainer (its
+daemon as a child process) and the demo set-up, which is why it lives in ``hhh/``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from pathlib import Path
 from typing import Protocol
 
 import uvicorn
+
+from common.processes import ChildProcess
 
 from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
@@ -43,6 +50,26 @@ class Supervised(Protocol):
     def stop(self) -> None: ...
 
     def log_tail(self, lines: int = 40) -> str: ...
+
+
+class TrainerProcess(ChildProcess):
+    """`python -m hhh train` with this process's environment, output appended to ``log_path``.
+
+    ``base_model``: the served model's folder, passed as ``HHH_TRAINER_BASE_MODEL`` unless that
+    is set already, so that adapters are trained on the weights the engine serves. The daemon is
+    safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM, then SIGKILL.
+    """
+
+    def __init__(self, log_path: Path, base_model: Path | None = None) -> None:
+        super().__init__(log_path)
+        self.base_model = base_model
+
+    def start(self) -> None:
+        """Launch the daemon; returns at once."""
+        environment = dict(os.environ)
+        if self.base_model is not None:
+            environment.setdefault("HHH_TRAINER_BASE_MODEL", str(self.base_model))
+        self.spawn([sys.executable, "-m", "hhh", "train"], environment)
 
 
 class ProcessSupervisor:
@@ -107,8 +134,6 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             })
             log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
         if with_trainer:
-            from trainer.process import TrainerProcess
-
             trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir)
             supervisors.append(ProcessSupervisor(trainer, "trainer"))
             supervisors[-1].start()
