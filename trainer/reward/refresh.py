@@ -202,8 +202,8 @@ def refresh_reward_model(
             criteria=sorted({p.criterion for p in pairs}),
             eval_percent=trainer_settings.eval_percent,
         ),
-        training=RewardTraining(epochs=epochs, seconds=round(train_seconds, 2),
-                                **settings.model_dump(include=set(RewardTraining.model_fields))),
+        training=RewardTraining(epochs=epochs, seconds=round(train_seconds, 2), **settings.model_dump(
+            include=set(RewardTraining.model_fields) - {"epochs", "seconds"})),
     )
     version = versions.publish(model.save, draft, keys)
     REWARD_REFRESHES.labels(outcome="trained").inc()
