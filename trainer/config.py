@@ -60,6 +60,16 @@ class TrainerSettings(BaseSettings):
     min_user_pairs: int = Field(
         default=32, ge=1, description="Training pairs of a user's own before they get a personal adapter."
     )
+    min_new_prompts: int = Field(
+        default=32, ge=1,
+        description="A global PPO round runs only if the reward model changed or this many new "
+        "training prompts arrived since the last attempt (or the deployed adapter's data).",
+    )
+    min_new_user_pairs: int = Field(
+        default=8, ge=1,
+        description="A personal round runs only if this many new training pairs of the user's own "
+        "arrived since their last attempt (or their deployed adapter's data).",
+    )
     user_agreement_margin: float = Field(
         default=0.05, ge=0,
         description="A personal adapter is published if it agrees with the user's held-out pairs "
@@ -184,6 +194,12 @@ class PPOSettings(BaseSettings):
     )
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(default=32, ge=1, description="Longest response sampled.")
+    missing_eos_penalty: float = Field(
+        default=1.0, ge=0,
+        description="Subtracted from the score of a response cut by max_new_tokens (normalised "
+        "reward units): the reward model scores a text as if it had ended, so without it a policy "
+        "could gain by rambling into the limit. The gate judges with the same penalty.",
+    )
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (log-probs use the same).")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
     learning_rate: float = Field(
@@ -202,12 +218,22 @@ class PPOSettings(BaseSettings):
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         default="k1", description="Per-token KL estimator of the reward penalty (see trainer.rl.kl)."
     )
-    kl_coef: float = Field(default=0.05, ge=0, description="β, initial (adaptive) or constant (fixed).")
+    kl_coef: float = Field(
+        default=0.05, ge=0,
+        description="β, constant (fixed) or initial (adaptive). An adaptive round starts from the β "
+        "the deployed adapter ended its round with (its manifest's `kl_beta`); this is the first.",
+    )
     kl_target: float | None = Field(
         default=6.0, gt=0,
         description="Target of the adaptive controller (nats per response); unset: β stays fixed.",
     )
-    kl_horizon: int = Field(default=10_000, ge=1, description="Adaptive controller horizon, in responses.")
+    kl_horizon: int = Field(
+        default=128, ge=1,
+        description="Adaptive controller horizon, in responses: β changes by up to 20 % · n / horizon "
+        "per iteration of n responses. 128 with 64-response iterations: up to ×1.1 per iteration, "
+        "so β more than doubles (1.1⁸ = 2.14) within a round of 8 iterations at a KL far from its "
+        "target (Ziegler et al.'s 10,000 assumed thousands of iterations; a round has a few).",
+    )
     target_approx_kl: float | None = Field(
         default=0.1, gt=0,
         description="Stop an update once a mini-batch's approx KL to the rollout policy exceeds this; unset: never.",
@@ -256,21 +282,35 @@ class GateSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HHH_GATE_", extra="forbid")
 
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1,
+        description="Level of every one-sided confidence bound the gate decides on: a candidate no "
+        "better than the deployed adapter passes the reward test at most 1 − confidence of the time.",
+    )
     reward_margin: float = Field(
-        default=0.05, description="Least gain in mean normalised reward over the deployed adapter."
+        default=0.05,
+        description="The lower confidence bound of the paired reward gain (normalised reward units) "
+        "must exceed this.",
     )
     kl_budget: float = Field(
         default=8.0, gt=0, description="Most KL(candidate ‖ deployed), nats per response."
     )
-    agreement_z: float = Field(
-        default=1.645, gt=0,
-        description="McNemar z above which the candidate's loss of held-out human pairs against "
-        "the deployed adapter is taken as real (one-sided; 1.645: 5 %).",
+    anchor_kl_budget: float = Field(
+        default=24.0, gt=0,
+        description="Most KL(candidate ‖ base model), nats per response: bounds the drift over "
+        "rounds, each of which the per-round budget bounds only against its predecessor.",
+    )
+    agreement_margin: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Non-inferiority margin on held-out human pairs: the lower confidence bound of "
+        "the candidate's change in agreement (share of pairs) must be above −margin.",
     )
     min_heldout_pairs: int = Field(
-        default=8, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
+        default=16, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
     )
-    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt, at least.")
+    samples_per_prompt: int = Field(
+        default=2, ge=1, description="Responses sampled per held-out prompt and adapter, at least."
+    )
     min_samples: int = Field(
         default=256, ge=1,
         description="Responses sampled per adapter, at least: more per prompt where held-out prompts "

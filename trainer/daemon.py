@@ -6,14 +6,16 @@ A round (`TrainingDaemon.run_round`):
    committed after the rows are stored);
 2. **reward model**: refresh it when enough new pairs arrived (`refresh_reward_model`); without
    any reward-model version the round ends here;
-3. **global PPO** under the ``global`` scope lock: policy and reference start from the adapter
-   deployed for ``global`` now (the base model on the first round), PPO on recent training
+3. **global PPO** under the ``global`` scope lock, only on new evidence (`trainer.evidence`:
+   a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
+   policy and reference start from the adapter deployed for ``global`` now (the base model on
+   the first round), β from where that adapter's round left it, PPO on recent training
    prompts, then the gate (`trainer.gate`) on held-out prompts and pairs; a candidate that
    passes is published (adapter store write, then the ``adapters`` event);
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
-   own, under that user's scope lock: DPO from the deployed global adapter (also the
-   reference), published as ``user:<id>`` if it agrees with the user's held-out pairs better
-   than the global adapter does by ``user_agreement_margin``.
+   own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
+   global adapter (also the reference), published as ``user:<id>`` if it agrees with the
+   user's held-out pairs better than the global adapter does by ``user_agreement_margin``.
 
 Every step's effect is durable before the next begins, and nothing is visible half-written:
 the dataset commits per batch, reward models and adapters are written under a temporary name
@@ -28,10 +30,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,6 +44,7 @@ from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.evidence import AttemptLog, Evidence
 from trainer.gate import measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
 from trainer.metrics import LAST_ROUND, ROUNDS, VERDICTS
@@ -100,6 +103,7 @@ class TrainingDaemon:
         self.ppo = ppo
         self.dpo = dpo_settings
         self.gate = gate
+        self.attempts = AttemptLog(settings.runs_dir)
 
     def announce_current(self) -> None:
         """Re-send every scope's current version (closes a kill between store write and event)."""
@@ -136,13 +140,20 @@ class TrainingDaemon:
 
     def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
         s = self.settings
-        prompts = dataset.prompts("train", eval_percent=s.eval_percent, limit=s.prompt_pool)
+        every_prompt = dataset.prompts("train", eval_percent=s.eval_percent, limit=2**62)
+        prompts = every_prompt[: s.prompt_pool]
         heldout = dataset.prompts("eval", eval_percent=s.eval_percent, limit=s.gate_prompts)
         if len(prompts) < self.ppo.rollout_batch_size or not heldout:
             report.note(f"global: {len(prompts)} training and {len(heldout)} held-out prompts; PPO needs "
                         f"{self.ppo.rollout_batch_size} (HHH_PPO_ROLLOUT_BATCH_SIZE) and at least one")
             return
         deployed = self.adapters.state("global").desired
+        deployed_metrics = self.adapters.get("global", deployed).metrics if deployed else {}
+        evidence = Evidence(RewardModelStore(self.reward.store_dir).latest(), len(every_prompt))
+        since = self.attempts.last("global") or Evidence.from_metrics(deployed_metrics)
+        if why := evidence.lacks_news(since, s.min_new_prompts):
+            report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); no PPO round")
+            return
         use_threads(self.ppo.threads)
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
@@ -151,16 +162,16 @@ class TrainingDaemon:
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
-        PPOTrainer(stack, scorer.score, self.ppo, record).train(prompts, s.ppo_iterations)
+        trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
+                             initial_beta=deployed_metrics.get("kl_beta"))
+        trainer.train(prompts, s.ppo_iterations)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
-        decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate)
+        decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
+                           missing_eos_penalty=self.ppo.missing_eos_penalty)
         record.write({"gate": decision.as_metrics()})
-        metrics = {"reward_gain": decision.candidate.reward_mean - decision.deployed.reward_mean,
-                   "reward_mean": decision.candidate.reward_mean,
-                   "kl_to_deployed": decision.kl_to_deployed,
-                   "reward_model_version": float(scorer.version)}
-        if decision.candidate.pair_agreement is not None:
-            metrics["heldout_pair_agreement"] = decision.candidate.pair_agreement
+        self.attempts.record("global", evidence)
+        metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
+                   "kl_beta": trainer.kl_controller.beta}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
                                 decision.reasons, metrics)
 
@@ -178,7 +189,15 @@ class TrainingDaemon:
         self, report: RoundReport, dataset: DatasetStore, user: str, pairs: list[PreferencePair]
     ) -> None:
         scope = f"user:{user}"
-        train, _ = self._texts(dataset, [p for p in pairs if p.split == "train"])
+        train_pairs = [p for p in pairs if p.split == "train"]
+        own = self.adapters.state(scope).desired
+        evidence = Evidence(None, len(train_pairs))
+        since = self.attempts.last(scope) or Evidence.from_metrics(
+            self.adapters.get(scope, own).metrics if own else {})
+        if why := evidence.lacks_news(since, self.settings.min_new_user_pairs):
+            report.note(f"{scope}: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_USER_PAIRS)")
+            return
+        train, _ = self._texts(dataset, train_pairs)
         heldout, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         if len(heldout) < self.gate.min_heldout_pairs:
             report.note(f"{scope}: {len(heldout)} held-out pairs of their own; the gate needs "
@@ -198,8 +217,9 @@ class TrainingDaemon:
             f"adapter's {reference:.3f} by {self.settings.user_agreement_margin:.3f}"]
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
                                "global": reference, "heldout_pairs": len(heldout)}})
+        self.attempts.record(scope, evidence)
         metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
-                   "global_version": float(global_version or 0)}
+                   "global_version": float(global_version or 0), **evidence.as_metrics()}
         self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,
                                 not reasons, reasons, metrics)
 

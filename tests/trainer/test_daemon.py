@@ -30,7 +30,7 @@ from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "agreement_z": 1e6}
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0}
 """A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
 
 

@@ -108,6 +108,16 @@ class RewardModel(nn.Module):
         finally:
             self.backbone.set_adapter(previous)
 
+    def train(self, mode: bool = True) -> RewardModel:
+        """Training mode for the adapter's dropout only: the frozen base stays in eval mode, since
+        its own dropout (if its config has any) would train the model on noisier scores than it
+        gives when scoring."""
+        super().train(False)
+        for name, module in self.named_modules():
+            if name.endswith("lora_dropout"):  # PEFT's per-adapter dropout modules
+                module.train(mode)
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (and the value or score head): all that training changes."""
         return [p for p in self.parameters() if p.requires_grad]

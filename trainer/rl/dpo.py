@@ -127,7 +127,8 @@ class DPOTrainer:
             raise ValueError("no preference pairs to train on")
         s = self.settings
         reference = self.reference_logprobs(pairs)
-        self.stack.peft_model.train()
+        # Eval mode throughout: no dropout in the adapters, none wanted in the frozen base.
+        self.stack.peft_model.eval()
         history = []
         for epoch in range(1, s.epochs + 1):
             started = time.perf_counter()
@@ -147,7 +148,6 @@ class DPOTrainer:
                        "pairs_per_s": len(pairs) / (time.perf_counter() - started)}
             self.record.write(metrics)
             history.append(metrics)
-        self.stack.peft_model.eval()
         return history
 
 

@@ -114,6 +114,16 @@ class PolicyStack:
         with self.reference_active():
             return causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width)[0]
 
+    @torch.no_grad()
+    def base_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> torch.Tensor:
+        """The base model's logits (B, T, V) of the response block: every adapter disabled."""
+        if self.separate_reference is not None:
+            raise ValueError("base logits come from the shared base; load the stack with share_base=True")
+        with self.peft_model.disable_adapter():
+            return causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width)[0]
+
     @contextmanager
     def reference_active(self) -> Iterator[None]:
         """Within: the shared model computes the reference; after: the policy again (trainable)."""

@@ -6,7 +6,8 @@ One iteration (`PPOTrainer.iteration`), after Ziegler et al. (2019) and CleanRL'
    (`trainer.rl.rollout`) or by a vLLM engine (`trainer.rl.vllm_rollout`, `rollout_engine_url`);
 2. score: the trainer's own forward passes give log π_old and V_old (policy) and log π_ref
    (reference); the reward callable scores each (prompt, response);
-3. shape: r_t = −β·KL_t + score at the last token; GAE(γ, λ) advantages, whitened; returns;
+3. shape: r_t = −β·KL_t + score at the last token (less ``missing_eos_penalty`` for a response
+   cut by the token limit); GAE(γ, λ) advantages, whitened; returns;
 4. update: `ppo_epochs` passes over shuffled mini-batches minimising
    L = L_policy + c1·L_VF − c2·H (`trainer.rl.losses`), gradients clipped, stopping early once a
    mini-batch's approximate KL to the rollout policy exceeds `target_approx_kl`;
@@ -28,7 +29,7 @@ import torch
 
 from trainer.config import PPOSettings
 from trainer.rl.advantages import gae
-from trainer.rl.evaluation import RewardFn
+from trainer.rl.evaluation import RewardFn, penalise_truncated
 from trainer.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate, shaped_rewards
 from trainer.rl.losses import explained_variance, ppo_loss
 from trainer.rl.masked import masked_whiten
@@ -81,15 +82,18 @@ class PPOTrainer:
 
     def __init__(
         self, stack: PolicyStack, reward_fn: RewardFn, settings: PPOSettings,
-        record: RunRecord | None = None,
+        record: RunRecord | None = None, *, initial_beta: float | None = None,
     ) -> None:
+        """``initial_beta``: where the adaptive controller starts (the β the deployed adapter's
+        round ended with); default ``settings.kl_coef``. A fixed β is always ``kl_coef``."""
         self.stack = stack
         self.reward_fn = reward_fn
         self.settings = settings
         self.record = record or RunRecord(None, "ppo")
         self.kl_controller: FixedKLController | AdaptiveKLController = (
             FixedKLController(settings.kl_coef) if settings.kl_target is None
-            else AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+            else AdaptiveKLController(initial_beta if initial_beta is not None else settings.kl_coef,
+                                      settings.kl_target, settings.kl_horizon)
         )
         self.optimizer = torch.optim.AdamW(stack.trainable_parameters(), lr=settings.learning_rate,
                                            weight_decay=0.0)
@@ -125,6 +129,7 @@ class PPOTrainer:
         if scores.shape != (len(prompts),):
             raise ValueError(f"the reward function returned shape {tuple(scores.shape)}; "
                              f"expected ({len(prompts)},), one score per response")
+        scores = penalise_truncated(scores, rollout.ended, s.missing_eos_penalty)
         batch = self._score(rollout, scores)
         rollout_s = time.perf_counter() - started
         update = self._update(batch)
@@ -140,6 +145,7 @@ class PPOTrainer:
             "kl": kl_per_response,
             "beta": beta,
             "response_length": rollout.response_mask.sum(1).mean().item(),
+            "truncated_share": (~rollout.ended).float().mean().item(),
             "explained_variance": explained_variance(batch.values, batch.returns, batch.mask),
             **update,
             "rollout_s": rollout_s,
@@ -177,7 +183,8 @@ class PPOTrainer:
     def _update(self, batch: ScoredBatch) -> dict[str, Any]:
         """PPO epochs over mini-batches; the means of the per-mini-batch losses and statistics."""
         s = self.settings
-        self.stack.peft_model.train()
+        # The model stays in eval mode: the LoRA adapters have no dropout, and the frozen base's
+        # dropout (if its config has any) would make the update's log-probs differ from π_old's.
         stats: dict[str, list[float]] = {k: [] for k in
                                          ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
         early_stopped = False
@@ -191,7 +198,6 @@ class PPOTrainer:
                     break
             if early_stopped:
                 break
-        self.stack.peft_model.eval()
         return {**{k: sum(v) / len(v) for k, v in stats.items()},
                 "minibatch_steps": len(stats["approx_kl"]), "early_stopped": early_stopped}
 

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from trainer.config import PPOSettings, TrainerSettings
 from trainer.rl.advantages import gae
 from trainer.rl.kl import (
     AdaptiveKLController,
@@ -223,6 +224,18 @@ def test_adaptive_kl_controller_follows_ziegler() -> None:
     fixed = FixedKLController(0.05)
     fixed.update(100.0, 64)
     assert fixed.beta == 0.05
+
+
+def test_at_ten_times_the_target_kl_beta_at_least_doubles_within_one_round() -> None:
+    """With the default horizon and a round's iterations, β acts within the round."""
+    settings, rounds = PPOSettings(), TrainerSettings()
+    controller = AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+    for _ in range(rounds.ppo_iterations):
+        controller.update(10 * settings.kl_target, settings.rollout_batch_size)
+    assert controller.beta >= 2 * settings.kl_coef, controller.beta
+    for _ in range(rounds.ppo_iterations):  # and back down at a tenth of it
+        controller.update(settings.kl_target / 10, settings.rollout_batch_size)
+    assert controller.beta < 1.1 * settings.kl_coef, controller.beta
 
 
 def test_explained_variance(batch) -> None:
