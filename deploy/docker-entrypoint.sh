@@ -2,8 +2,9 @@
 # Entry point of the hhh image: turn secret files into environment variables, then run the
 # command (`hhh serve`, `hhh train`, `python -m vllm.entrypoints.openai.api_server ...`).
 #
-# Every regular file in /run/secrets (SECRETS_DIR, for tests) whose name is an hhh setting (HHH_*) or vLLM's
-# VLLM_API_KEY becomes that variable, holding the file's content (trailing newlines dropped).
+# Every regular file in /run/secrets (or $SECRETS_DIR) whose name is an hhh setting (HHH_*) or
+# vLLM's VLLM_API_KEY becomes that variable, holding the file's content (trailing newlines
+# dropped); other files (api_keys.json, ...) stay files.
 # Compose secrets (`target: HHH_GATEWAY_SIGNING_KEY`) and Kubernetes Secret volumes (one key
 # per variable) both land there, so no secret is in the image or in a manifest's environment.
 set -eu
