@@ -94,3 +94,9 @@ def test_prometheus_scrapes_gateway_and_trainer_and_loads_the_rules() -> None:
     assert all(job["metrics_path"] == "/metrics" for job in jobs.values())
     (trainer_target,) = jobs["hhh-trainer"]["static_configs"][0]["targets"]
     assert trainer_target.endswith(f":{TrainerSettings().metrics_port}")
+
+
+def test_the_operator_guide_explains_every_alert() -> None:
+    guide = (DEPLOY / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in guide.splitlines() if line.startswith("| `Hhh")}
+    assert rows == {rule["alert"] for rule in alert_rules()}
