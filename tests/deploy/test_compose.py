@@ -66,7 +66,9 @@ def test_two_gateways_with_their_own_replica_id_and_outbox_behind_one_port() -> 
     gateways = {name: s for name, s in services.items() if s.get("command") == ["hhh", "serve"]}
     assert len(gateways) == 2
     replica_ids = {s["environment"]["HHH_ADAPTERS_REPLICA_ID"] for s in gateways.values()}
-    state_volumes = {v.split(":")[0] for s in gateways.values() for v in s["volumes"] if v.endswith(":/var/lib/hhh")}
+    state_volumes = {
+        v.split(":")[0] for s in gateways.values() for v in s["volumes"] if v.endswith(":/var/lib/hhh")
+    }
     assert len(replica_ids) == 2 and len(state_volumes) == 2
     upstreams = re.findall(r"server (\S+):8000", (COMPOSE_FILE.parent / "nginx.conf").read_text())
     assert sorted(upstreams) == sorted(gateways)

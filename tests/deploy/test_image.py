@@ -85,7 +85,9 @@ def test_entrypoint_exports_secret_files_named_like_settings(tmp_path: Path) -> 
     (tmp_path / "api_keys.json").write_text("{}")  # a file setting, not a variable
     (tmp_path / "OTHER_THING").write_text("x")
     env = {"PATH": os.environ["PATH"], "SECRETS_DIR": str(tmp_path)}
-    result = subprocess.run(["sh", str(ENTRYPOINT), "env"], env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "env"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     exported = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert exported["HHH_GATEWAY_SIGNING_KEY"] == "k" * 40

@@ -92,7 +92,8 @@ def test_gateways_two_replicas_probed_with_graceful_termination() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    assert spec["terminationGracePeriodSeconds"] > int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    pre_stop_s = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] > pre_stop_s
     env = {e["name"]: e for e in container["env"]}
     assert env["HHH_ADAPTERS_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     service = k8s_by_kind("Service")["gateway"]
@@ -127,12 +128,13 @@ def test_adapter_store_is_read_write_many_and_shared_the_dataset_is_the_trainers
         spec = pod_spec(workload)
         by_volume = {v["name"]: v["persistentVolumeClaim"]["claimName"]
                      for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
-        return {m["mountPath"]: by_volume.get(m["name"], m["name"]) for m in spec["containers"][0]["volumeMounts"]}
+        mounts = spec["containers"][0]["volumeMounts"]
+        return {m["mountPath"]: by_volume.get(m["name"], m["name"]) for m in mounts}
 
     gateway = claim_mounts(k8s_by_kind("StatefulSet")["gateway"])
     trainer = claim_mounts(k8s_by_kind("Deployment")["trainer"])
     engine = claim_mounts(k8s_by_kind("StatefulSet")["engine"])
-    assert gateway["/srv/hhh/adapters"] == trainer["/srv/hhh/adapters"] == engine["/srv/hhh/adapters"] == "adapters"
+    assert {mounts["/srv/hhh/adapters"] for mounts in (gateway, trainer, engine)} == {"adapters"}
     assert trainer["/var/lib/hhh"] == "trainer-data" != gateway["/var/lib/hhh"]
 
 

@@ -98,5 +98,7 @@ def test_prometheus_scrapes_gateway_and_trainer_and_loads_the_rules() -> None:
 
 def test_the_operator_guide_explains_every_alert() -> None:
     guide = (DEPLOY / "README.md").read_text()
-    rows = {line.split("|")[1].strip().strip("`") for line in guide.splitlines() if line.startswith("| `Hhh")}
+    rows = {
+        line.split("|")[1].strip().strip("`") for line in guide.splitlines() if line.startswith("| `Hhh")
+    }
     assert rows == {rule["alert"] for rule in alert_rules()}

@@ -24,7 +24,13 @@ import pytest
 import yaml
 from prometheus_client import make_wsgi_app
 
-from tests.deploy.monitoring import DEPLOY, alert_expressions, alert_rules, dashboard_expressions, dashboards
+from tests.deploy.monitoring import (
+    DEPLOY,
+    alert_expressions,
+    alert_rules,
+    dashboard_expressions,
+    dashboards,
+)
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -59,7 +65,8 @@ def _poll(condition, what: str, prometheus: RunningPrometheus) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"Prometheus: {what} within {READY_TIMEOUT_S:.0f} s; its log:\n{prometheus.log_tail()}")
+            pytest.fail(f"Prometheus: {what} within {READY_TIMEOUT_S:.0f} s; its log:\n"
+                        f"{prometheus.log_tail()}")
         time.sleep(0.2)
 
 
@@ -75,7 +82,9 @@ def metrics_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(metrics_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
+def prometheus(
+    metrics_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPrometheus]:
     if PROMETHEUS is None:
         pytest.skip(NOT_INSTALLED)
     home = tmp_path_factory.mktemp("prometheus")
@@ -89,8 +98,8 @@ def prometheus(metrics_endpoint: str, tmp_path_factory: pytest.TempPathFactory) 
     running = RunningPrometheus(url=f"http://127.0.0.1:{port}", log_path=home / "prometheus.log")
     with open(running.log_path, "wb") as log:
         process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
+            [PROMETHEUS, f"--config.file={home / 'prometheus.yml'}",
+             f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:

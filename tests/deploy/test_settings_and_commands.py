@@ -29,6 +29,7 @@ from tests.deploy.manifests import (
 
 ALL_CONTAINERS = compose_containers() + k8s_containers()
 SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash"}
+ENGINE_COMMAND = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 
 
 def _unknown(names: set[str]) -> set[str]:
@@ -54,7 +55,7 @@ def test_both_deployments_have_gateway_engine_and_trainer_containers() -> None:
     commands = {(c.where.split()[0], tuple(c.command[:3])) for c in ALL_CONTAINERS}
     for platform in ("compose", "StatefulSet"):
         assert any(p == platform and cmd[:2] == ("hhh", "serve") for p, cmd in commands)
-    assert ("StatefulSet", ("python", "-m", "vllm.entrypoints.openai.api_server")) in commands
+    assert ("StatefulSet", tuple(ENGINE_COMMAND)) in commands
     assert ("Deployment", ("hhh", "train")) in commands
 
 
@@ -127,7 +128,7 @@ def _engine_flags(container: Container) -> dict[str, str | None]:
     return flags
 
 
-ENGINES = [c for c in ALL_CONTAINERS if c.command[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]]
+ENGINES = [c for c in ALL_CONTAINERS if c.command[:3] == ENGINE_COMMAND]
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda c: c.where)
@@ -174,7 +175,9 @@ def _topic_scripts() -> list[tuple[str, str, list[Container]]]:
 
 
 @pytest.mark.parametrize("where, script, containers", _topic_scripts(), ids=["compose", "k8s"])
-def test_topics_are_created_as_the_settings_ask(where: str, script: str, containers: list[Container]) -> None:
+def test_topics_are_created_as_the_settings_ask(
+    where: str, script: str, containers: list[Container]
+) -> None:
     users = [c for c in containers if c.env_values.get("HHH_EVENTS_BACKEND") == "kafka"]
     assert users, f"{where}: no hhh container uses Kafka"
     for container in users:
