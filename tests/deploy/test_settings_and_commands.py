@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     hhh_variables,
     k8s_by_kind,
     k8s_containers,
+    kustomization,
     settings_classes,
     vllm_variables,
 )
@@ -202,3 +203,22 @@ def test_kubernetes_kafka_has_three_brokers_and_topics_survive_one_down() -> Non
     assert len(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == 3
     assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
     assert k8s_by_kind("ConfigMap")["hhh-event-log"]["data"]["HHH_KAFKA_REPLICATION_FACTOR"] == "3"
+
+
+def _images() -> dict[str, str]:
+    """Every image named, by where."""
+    images = {f"compose {name}": s["image"] for name, s in compose()["services"].items()}
+    for kind in ("StatefulSet", "Deployment", "Job"):
+        for name, workload in k8s_by_kind(kind).items():
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                images[f"{kind} {name}/{container['name']}"] = container["image"]
+    return images
+
+
+def test_every_image_is_hhh_built_here_or_a_pinned_release() -> None:
+    hhh_services = [s for s in compose()["services"].values() if s["image"].startswith("hhh:")]
+    assert hhh_services and all(s["build"]["dockerfile"] == "deploy/Dockerfile" for s in hhh_services)
+    assert [image["name"] for image in kustomization()["images"]] == ["hhh"]
+    for where, image in _images().items():
+        name, _, tag = image.partition(":")
+        assert tag and tag != "latest" and "$" not in name, f"{where}: {image}"
