@@ -77,7 +77,8 @@ def build_gateway(
     ``adapter_log`` opens the event log whose ``adapters`` topic the hot-swap controller
     follows; without it the gateway serves the base model only.
     """
-    pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s)
+    pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s,
+                      api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
     adapters = None

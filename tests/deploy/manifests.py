@@ -27,13 +27,6 @@ SETTINGS_PACKAGES = ("serving", "streams", "trainer")
 HHH_IMAGE = re.compile(r"^hhh(:|$)")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
-PLANNED_SETTINGS = {
-    # Named in the manifests but not yet read by the code (deploy/README.md, "Not in the code
-    # yet"). The test of real settings fails as soon as one of these becomes a setting, so that
-    # it leaves this list.
-    "HHH_ENGINE_API_KEY": "the key a gateway sends to the engines (vLLM's --api-key); issue 11",
-}
-
 THIRD_PARTY_VARIABLES = {
     # Variables the image sets for the libraries it runs, not for hhh (VLLM_* are checked
     # against vLLM's own list instead).

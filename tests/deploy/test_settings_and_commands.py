@@ -14,7 +14,6 @@ from serving.engine import EngineConfig, EngineProcess
 from streams.codec import COMPACTED_TOPICS, TOPIC_SCHEMAS
 from streams.config import KafkaSettings
 from tests.deploy.manifests import (
-    PLANNED_SETTINGS,
     THIRD_PARTY_VARIABLES,
     Container,
     compose,
@@ -38,7 +37,6 @@ def _unknown(names: set[str]) -> set[str]:
     return {
         name for name in names
         if name not in hhh and name not in vllm and name not in THIRD_PARTY_VARIABLES
-        and name not in PLANNED_SETTINGS
     }
 
 
@@ -67,11 +65,6 @@ def test_every_environment_variable_is_a_real_setting(container: Container) -> N
 
 def test_the_image_sets_only_real_settings() -> None:
     assert _unknown(set(dockerfile_env())) == set()
-
-
-def test_planned_settings_are_not_settings_yet() -> None:
-    """Once the code reads one of them, it must leave the planned list (and the README's)."""
-    assert set(PLANNED_SETTINGS) & hhh_variables() == set()
 
 
 def test_set_values_are_valid_for_the_settings() -> None:
