@@ -37,6 +37,7 @@ from serving.errors import GatewayError
 from serving.feedback import FeedbackService
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
+from serving.web.pages import PAGE_ROUTES, install_pages
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
 
@@ -46,7 +47,7 @@ _ROUTES = {
     "/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/rankings",
     "/healthz", "/readyz", "/metrics", "/admin/adapters", "/admin/adapters/rollback",
     "/admin/adapters/pin", "/admin/adapters/unpin",
-}
+} | PAGE_ROUTES
 
 
 @dataclass
@@ -184,9 +185,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             await gateway.pool.stop()
             gateway.drainer.stop()
 
-    app = FastAPI(title="hhh gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="hhh gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.gateway = gateway
     app.include_router(router)
+    install_pages(app, gateway.settings)
     if gateway.settings.admin_key is not None:
         app.include_router(admin.router)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
