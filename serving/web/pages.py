@@ -36,7 +36,9 @@ PAGE_ROUTES = frozenset({"/", "/docs", "/v1/hhh/config"})
 class PageConfig(BaseModel):
     """``GET /v1/hhh/config``: what the chat page needs to know before its first request."""
 
-    auth: bool = Field(description="True: send 'Authorization: Bearer <key>'; false: name yourself in `user`.")
+    auth: bool = Field(
+        description="True: send 'Authorization: Bearer <key>'; false: name yourself in `user`."
+    )
     model: str = Field(description="The model name to ask for.")
     max_n: int = Field(description="The most answers one request may ask for.")
     max_tokens: int = Field(description="The most tokens one answer may have.")

@@ -2,7 +2,9 @@
 // comment on every answer, and compare mode (2–4 answers side by side, in random order,
 // ranked best first with ties and "unusable" flags, sent as one ranking).
 
-import { ApiError, checkKey, loadConfig, sendRanking, sendThumbs, session, streamChat } from "./api.js";
+import {
+  ApiError, checkKey, loadConfig, sendRanking, sendThumbs, session, streamChat,
+} from "./api.js";
 import { Ranking, shuffledOrder } from "./ranking.js";
 
 const $ = (id) => document.getElementById(id);
@@ -107,26 +109,36 @@ class Answer {
       type: "button", class: "vote down", "aria-label": "thumbs down", "aria-pressed": "false",
       disabled: "", text: "▼ bad", onclick: () => this.sendVote("down"),
     });
-    this.comment = h("input", { class: "comment-text", maxlength: "4000", placeholder: "What was good or bad? (optional)" });
-    this.commentForm = h("form", { class: "comment", hidden: "", onsubmit: (e) => { e.preventDefault(); this.sendComment(); } },
-      this.comment, h("button", { type: "submit", text: "send comment" }));
+    this.comment = h("input", {
+      class: "comment-text", maxlength: "4000", placeholder: "What was good or bad? (optional)",
+    });
+    this.commentForm = h("form", {
+      class: "comment", hidden: "",
+      onsubmit: (event) => { event.preventDefault(); this.sendComment(); },
+    }, this.comment, h("button", { type: "submit", text: "send comment" }));
     const toggle = h("button", {
-      type: "button", class: "link comment-toggle", text: "comment",
-      onclick: () => { this.commentForm.hidden = !this.commentForm.hidden; if (!this.commentForm.hidden) this.comment.focus(); },
+      type: "button", class: "link comment-toggle", text: "comment", onclick: () => {
+        this.commentForm.hidden = !this.commentForm.hidden;
+        if (!this.commentForm.hidden) this.comment.focus();
+      },
     });
     this.element = h("article", { class: "answer", "data-position": String(position + 1) });
     if (set.compare) this.element.append(this.#rankHeader());
-    this.element.append(this.text, h("footer", {}, this.up, this.down, toggle, this.status, this.adapter), this.commentForm);
+    const footer = h("footer", {}, this.up, this.down, toggle, this.status, this.adapter);
+    this.element.append(this.text, footer, this.commentForm);
   }
 
   #rankHeader() {
     this.badge = h("span", { class: "badge" });
-    const act = (kind) => () => this.set.act(kind, this.position);
+    const button = (kind, text, title) => h("button", {
+      type: "button", class: `small rank-${kind}`, text, title,
+      onclick: () => this.set.act(kind, this.position),
+    });
     return h("header", {},
       h("kbd", { text: String(this.position + 1) }), this.badge, h("span", { class: "spacer" }),
-      h("button", { type: "button", class: "small rank-pick", text: "next best", onclick: act("pick") }),
-      h("button", { type: "button", class: "small rank-tie", text: "tie", onclick: act("tie") }),
-      h("button", { type: "button", class: "small rank-unusable", text: "unusable", onclick: act("unusable") }));
+      button("pick", "pick", "next best (key: its number)"),
+      button("tie", "tie", "as good as the last pick (key: t, then its number)"),
+      button("unusable", "unusable", "leave out of the ranking (key: u, then its number)"));
   }
 
   start(id, adapter) {
@@ -152,14 +164,16 @@ class Answer {
     this.status.textContent = "saving…";
     try {
       const accepted = await sendThumbs({
-        completionId: this.id, vote, comment: this.comment.value.trim(), criterion: $("criterion").value,
+        completionId: this.id, vote, comment: this.comment.value.trim(),
+        criterion: $("criterion").value,
       });
       this.vote = vote;
       this.element.dataset.vote = vote;
       this.element.dataset.eventId = accepted.event_id;
       this.up.setAttribute("aria-pressed", String(vote === "up"));
       this.down.setAttribute("aria-pressed", String(vote === "down"));
-      this.status.textContent = commented ? "comment saved" : previous && previous !== vote ? "vote changed" : "saved";
+      const changed = previous && previous !== vote;
+      this.status.textContent = commented ? "comment saved" : changed ? "vote changed" : "saved";
     } catch (error) {
       this.status.textContent = "not saved";
       report(error);
@@ -186,7 +200,8 @@ class AnswerSet {
     this.answers = this.order.map((_, position) => new Answer(this, position));
     this.byChoice = [];
     this.order.forEach((choice, position) => { this.byChoice[choice] = this.answers[position]; });
-    const grid = h("div", { class: compare ? "answers compare" : "answers" }, ...this.answers.map((a) => a.element));
+    const grid = h("div", { class: compare ? "answers compare" : "answers" },
+      ...this.answers.map((answer) => answer.element));
     grid.style.setProperty("--columns", String(n));
     this.element = h("li", { class: "turn assistant", tabindex: "-1" }, grid);
     if (compare) {
@@ -196,8 +211,12 @@ class AnswerSet {
       this.sent = false;
       this.preview = h("span", { class: "preview" });
       this.warning = h("span", { class: "warning", role: "alert", hidden: "" });
-      this.submitButton = h("button", { type: "button", class: "rank-submit", text: "send ranking", onclick: () => this.submit() });
-      this.resetButton = h("button", { type: "button", class: "link", text: "reset", onclick: () => this.act("reset") });
+      this.submitButton = h("button", {
+        type: "button", class: "rank-submit", text: "send ranking", onclick: () => this.submit(),
+      });
+      this.resetButton = h("button", {
+        type: "button", class: "link", text: "reset", onclick: () => this.act("reset"),
+      });
       this.element.append(h("div", { class: "rank-bar" }, this.preview, this.warning,
         h("span", { class: "spacer" }), this.resetButton, this.submitButton));
       this.render();
@@ -214,7 +233,8 @@ class AnswerSet {
 
   fail(error) {
     this.element.classList.add("failed");
-    this.element.append(h("p", { class: "error-inline", text: `Not answered: ${error.detail ?? error}` }));
+    const text = `Not answered: ${error.detail ?? error}`;
+    this.element.append(h("p", { class: "error-inline", text }));
   }
 
   /** The answer the conversation goes on with: the best ranked, else the first shown. */
@@ -242,14 +262,15 @@ class AnswerSet {
     for (const answer of this.answers) {
       const place = places.get(answer.position) ?? "";
       answer.badge.textContent = !place || place === "unusable" ? place
-        : place.startsWith("=") ? `#${place.slice(1)} (tie)` : `#${place}`;
+        : place.startsWith("=") ? `#${place.slice(1)} tie` : `#${place}`;
       answer.element.dataset.place = place;
     }
     if (this.sent) return;
     const waiting = this.pending ? ` — ${this.pending}: press an answer's number` : "";
     this.preview.textContent = this.ranking.touched
       ? `Ranking: ${this.ranking.describe()}${waiting}`
-      : `Rank the answers: press 1–${this.size} best first, t then a number to tie, u then a number for unusable${waiting}`;
+      : `Rank the answers: press 1–${this.size} best first, t then a number to tie, `
+        + `u then a number for unusable${waiting}`;
   }
 
   async submit() {
@@ -261,7 +282,8 @@ class AnswerSet {
     }
     if (!this.ranking.touched && !this.warned) {
       this.warned = true;
-      this.warning.textContent = "You have not ranked these answers: sending now records them as equally good. Press Enter again to send anyway.";
+      this.warning.textContent = "You have not ranked these answers: sending now records them "
+        + "as equally good. Press Enter again to send anyway.";
       this.warning.hidden = false;
       this.submitButton.textContent = "send anyway";
       return;

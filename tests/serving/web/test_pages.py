@@ -44,7 +44,8 @@ def references(client: TestClient, path: str) -> set[str]:
             if reference.startswith("data:"):
                 continue
             base = current if current.endswith("/") else current.rsplit("/", 1)[0] + "/"
-            resolved = reference if reference.startswith("/") else base + reference.removeprefix("./")
+            relative = not reference.startswith("/")
+            resolved = base + reference.removeprefix("./") if relative else reference
             if resolved not in found:
                 found.add(resolved)
                 pending.append(resolved)
