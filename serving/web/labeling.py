@@ -40,6 +40,8 @@ from streams.log import EventLog
 
 log = logging.getLogger(__name__)
 
+_DAY_S = 24 * 3600
+
 
 class LabelingSettings(BaseSettings):
     """How many judgements an item needs and how long a labeler holds one (``HHH_LABELING_*``)."""
@@ -134,7 +136,7 @@ class LabelingQueue:
         self._item_of: dict[str, str] = {}  # completion id -> request id
         self._reserved: dict[str, tuple[str, float]] = {}  # request id -> (labeler, until)
         self._skipped: set[tuple[str, str]] = set()  # (labeler, request id)
-        self._ranked_at: dict[str, dict[str, datetime]] = {}  # labeler -> event id -> when
+        self._ranked_at: dict[str, dict[str, datetime]] = {}  # labeler -> event id -> when (24 h)
 
     def add_completion(self, event: CompletionEvent) -> None:
         """Record one answer; an item is offered once all its answers are in."""
@@ -161,7 +163,8 @@ class LabelingQueue:
         """Record a labeler's ranking of an item (their latest one counts)."""
         with self._lock:
             request_id = self._item_of.get(event.ranking[0][0])
-            self._ranked_at.setdefault(event.labeler_id, {})[event.event_id] = event.created_at
+            if event.created_at.timestamp() > self._clock() - _DAY_S:  # only today's are counted
+                self._ranked_at.setdefault(event.labeler_id, {})[event.event_id] = event.created_at
             if request_id is None:
                 return
             self._items[request_id].rankings[event.labeler_id] = event.ranking

@@ -4,7 +4,7 @@
 import { sendRanking, sendThumbs } from "./api.js";
 import { Ranking, shuffledOrder } from "./ranking.js";
 
-/** Create an element with attributes (`text` sets its text, `on…` adds a listener) and children. */
+/** An element with attributes (`text`: its text, `on…`: a listener) and children. */
 export function h(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) {

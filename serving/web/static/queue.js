@@ -44,7 +44,8 @@ function show(item) {
 async function next(skip = null) {
   let task;
   try {
-    task = await request("GET", `v1/labeling/next${skip ? `?skip=${encodeURIComponent(skip)}` : ""}`);
+    const query = skip ? `?skip=${encodeURIComponent(skip)}` : "";
+    task = await request("GET", `v1/labeling/next${query}`);
   } catch (error) {
     page.report(error);
     return false;

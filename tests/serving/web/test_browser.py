@@ -29,9 +29,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from serving.adapters.config import AdapterSettings
 from serving.engine import EngineProcess
 from streams.codec import COMPLETIONS, FEEDBACK
 from streams.events import RankingFeedback, ThumbsFeedback
+from streams.sqlite_log import SqliteEventLog
 from tests.fixtures.gateway import API_KEYS, RunningGateway, start_gateway
 from tests.serving.test_gateway import logged
 
@@ -84,6 +86,24 @@ def auth_site(
     running.stop()
 
 
+LABELER_KEYS = API_KEYS | {"sk-labeler-2": {"user": "max", "roles": ["labeler"]}}
+
+
+@pytest.fixture(scope="module")
+def labeling_site(
+    vllm_engine: EngineProcess, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningGateway]:
+    """A gateway with auth on, two labelers, and a labeler queue that reads its event log."""
+    home = tmp_path_factory.mktemp("web-labeling")
+    running = start_gateway(
+        vllm_engine.url, home, max_tokens=16, auth=True, api_keys=LABELER_KEYS,
+        adapter_log=lambda: SqliteEventLog(home / "events.db"),
+        adapter_settings=AdapterSettings(store_root=home / "adapters"),
+    )
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = Path(os.environ.get("HHH_SCREENSHOTS_DIR") or tmp_path_factory.mktemp("screenshots"))
@@ -107,6 +127,23 @@ def open_page(browser: WebDriver, site: RunningGateway) -> None:
     browser.execute_script("sessionStorage.clear()")
     browser.get(f"{site.url}/")
     visible(browser, "#login, #chat")
+
+
+def sign_in_with_key(browser: WebDriver, site: RunningGateway, key: str) -> None:
+    open_page(browser, site)
+    visible(browser, "#api-key").send_keys(key + Keys.ENTER)
+    visible(browser, "#message")
+
+
+def queue_item(browser: WebDriver) -> str | None:
+    """Ask the queue for the next item (as the button does); the id of the item shown."""
+    queue = browser.find_element(By.ID, "queue")
+    fetches = queue.get_attribute("data-fetches") or "0"
+    browser.find_element(By.ID, "queue-open").click()
+    wait(browser, lambda _: queue.get_attribute("data-fetches") not in (None, fetches),
+         "the queue did not answer")
+    shown = browser.find_elements(By.CSS_SELECTOR, "#queue-item .turn[data-item-id]")
+    return shown[0].get_attribute("data-item-id") if shown else None
 
 
 def sign_in_as(browser: WebDriver, site: RunningGateway, user: str) -> None:
@@ -298,3 +335,64 @@ def test_the_api_docs_render_from_the_gateway_alone(
     assert {"/v1/chat/completions", "/v1/feedback", "/v1/rankings", "/v1/hhh/config"} <= paths
     browser.save_screenshot(str(screenshots / "docs.png"))
     same_origin_only(browser, open_site)
+
+
+def test_two_labelers_work_the_queue_at_once_without_getting_the_same_item(
+    browser: WebDriver, labeling_site: RunningGateway, screenshots: Path,
+) -> None:
+    sets = [post_chat(labeling_site, f"Question {i} for the labelers?") for i in range(2)]
+    ids = {completion_id for completion_ids in sets for completion_id in completion_ids}
+
+    lena = browser.current_window_handle
+    sign_in_with_key(browser, labeling_site, "sk-labeler")
+    first = wait(browser, lambda b: queue_item(b), "the queue never offered an item to lena")
+    browser.switch_to.new_window("tab")  # its own session storage: another labeler
+    sign_in_with_key(browser, labeling_site, "sk-labeler-2")
+    second = wait(browser, lambda b: queue_item(b), "the queue never offered an item to max")
+    assert first != second  # lena holds the first one
+
+    cards = browser.find_elements(By.CSS_SELECTOR, "#queue-item .answer")
+    shown = [card.get_attribute("data-completion-id") for card in cards]
+    assert len(shown) == 2 and set(shown) <= ids
+    press(browser, "2", Keys.ENTER)  # max: the second answer shown is better
+    visible(browser, "#queue-empty")  # lena still holds the other item
+    browser.close()
+    browser.switch_to.window(lena)
+
+    browser.save_screenshot(str(screenshots / "queue.png"))
+    press(browser, "1", Keys.ENTER)  # lena ranks hers, then gets the one max ranked
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f"[data-item-id='{second}']"),
+         "lena was not offered the item max ranked")
+    max_best = browser.find_element(By.CSS_SELECTOR, f".answer[data-completion-id='{shown[1]}']")
+    press(browser, max_best.get_attribute("data-position"), Keys.ENTER)  # she agrees with max
+    visible(browser, "#queue-empty")
+
+    rankings = logged(labeling_site, FEEDBACK, lambda e: isinstance(e, RankingFeedback), 3)
+    assert sorted((e.labeler_id, e.user_id) for e in rankings) == [
+        ("lena", "lena"), ("lena", "lena"), ("max", "max")]
+    assert all({cid for group in e.ranking for cid in group} <= ids for e in rankings)
+    by_max = next(e for e in rankings if e.labeler_id == "max")
+    assert by_max.ranking == [[shown[1]], [shown[0]]]
+    body = {"ranking": [shown[1], shown[0]], "unusable": [], "criterion": "helpfulness"}
+    assert api_event_id(labeling_site, "/v1/rankings", body, key="sk-labeler-2") == by_max.event_id
+
+    progress = ("done today: 2 · remaining: 0 · "
+                "agreement with the other labelers: 100 % of 1 pairs")
+    wait(browser, lambda b: queue_item(b) is None
+         and b.find_element(By.ID, "queue-progress").text == progress,
+         "lena's progress did not reach the log")
+
+    sign_in_with_key(browser, labeling_site, "sk-alice")  # not a labeler
+    browser.find_element(By.ID, "queue-open").click()
+    assert "403 not_a_labeler: the labeler queue is for API keys with the labeler role" in (
+        visible(browser, "#error").text)
+    assert not browser.find_element(By.ID, "queue").is_displayed()
+
+
+def post_chat(site: RunningGateway, question: str, n: int = 2) -> list[str]:
+    """Alice's chat with ``n`` answers, through the API; their completion ids."""
+    body = {"model": "hhh", "n": n, "messages": [{"role": "user", "content": question}]}
+    response = httpx.post(f"{site.url}/v1/chat/completions", json=body, timeout=60,
+                          headers={"authorization": "Bearer sk-alice"})
+    assert response.status_code == 200, response.text
+    return [choice["completion_id"] for choice in response.json()["choices"]]

@@ -58,9 +58,9 @@ def test_two_labelers_asking_at_once_get_different_items_until_a_reservation_exp
 
 def test_an_item_leaves_the_queue_after_enough_rankings_unless_its_labelers_disagree() -> None:
     queue, _ = queue_with(2, min_rankings=2, max_rankings=3)
-    for labeler in ("lena", "max"):
+    for labeler, order in (("lena", [[0], [1], [2]]), ("max", [[1], [0], [2]])):
         queue.add_ranking(ranking(labeler, "r0", [[0], [1], [2]]))
-        queue.add_ranking(ranking(labeler, "r1", [[0], [1], [2]] if labeler == "lena" else [[1], [0], [2]]))
+        queue.add_ranking(ranking(labeler, "r1", order))
     task = queue.next("kim")
     assert task.item.item_id == "r1" and task.item.rankings == 2  # r0 is settled, r1 disputed
     assert task.progress.remaining == 1
