@@ -1,8 +1,10 @@
 """Routes of the chat page, its assets, the offline API docs and the page's configuration.
 
-The chat page (``static/index.html``, ``app.js``) uses only the public API — chat
-completions (streamed), ``/v1/feedback``, ``/v1/rankings`` and ``/v1/models`` to check a key
-— plus ``GET /v1/hhh/config``, which tells it what it cannot ask the API: whether auth is on
+The chat page (``static/index.html``; ``app.js`` the chat, ``answers.js`` the answer cards,
+``ranking.js`` the ranking, ``queue.js`` the labeler queue, ``api.js`` the API) uses only the
+public API — chat completions (streamed), ``/v1/feedback``, ``/v1/rankings``,
+``/v1/labeling/next`` and ``/v1/models`` to check a key — plus ``GET /v1/hhh/config``, which
+tells it what it cannot ask the API: whether auth is on
 (a login form for an API key, or a user-name field), the model name and the limits. The
 configuration holds no secret, so it needs no key.
 

@@ -223,7 +223,7 @@ export class AnswerSet {
   }
 
   async submit() {
-    if (this.sent) return;
+    if (this.sent || this.submitButton.disabled) return; // sent, or being sent
     if (!this.finished) {
       this.warning.textContent = "Wait until every answer is complete.";
       this.warning.hidden = false;
