@@ -206,5 +206,10 @@ class DeadLetterEvent(Event):
     key: str | None = None
     payload: str = Field(description="The original bytes, as text or base64 (see encoding).")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_size: int | None = Field(default=None, ge=0, description="Bytes of the original.")
+    payload_sha256: Sha256 | None = Field(default=None, description="Checksum of the original.")
+    payload_truncated: bool = Field(
+        default=False, description="``payload`` keeps only the start of an oversized original."
+    )
     reason: str
     detail: dict[str, Any] = Field(default_factory=dict)
