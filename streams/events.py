@@ -126,7 +126,11 @@ Criterion = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a
 
 
 class ThumbsFeedback(Event):
-    """A thumbs up or down on one completion. A later vote by the same user replaces it."""
+    """A thumbs up or down on one completion.
+
+    One request, however often retried, is one ``event_id``; a changed vote is a new event, and
+    the user's latest (``created_at``) per completion and criterion is the one that counts.
+    """
 
     type: Literal["thumbs"] = "thumbs"
     completion_id: Id
@@ -141,6 +145,7 @@ class RankingFeedback(Event):
 
     ``ranking`` is a list of tie groups: ``[["a"], ["b", "c"], ["d"]]`` says a is best, b and c
     tie, d is worst. ``unusable`` lists completions flagged as unusable (not ranked at all).
+    Identity as for thumbs: the labeler's latest ranking per prompt and criterion counts.
     """
 
     type: Literal["ranking"] = "ranking"
