@@ -17,7 +17,9 @@ Identity: one request is one event, however often it is retried; every change is
 
 A changed vote or ranking is a new event that supersedes the previous one: the dataset counts
 each user's latest vote per completion and criterion and each labeler's latest ranking per
-prompt and criterion (by ``created_at``), so up, down, up again counts as up, once.
+prompt and criterion (by ``created_at``; an event id accepted again counts as of its latest
+acceptance), so up, down, up again counts as up, once, also when the second "up" reached a
+replica that never saw the "down" and took it for a retry of the first.
 """
 
 from __future__ import annotations

@@ -29,11 +29,12 @@ _prompts = iter(range(1_000_000))
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGateway, RunningGateway]]:
-    """Two gateway replicas (one signing key, auth on) in front of an engine that is down."""
+    """Two gateway replicas (one signing key, auth on, one event log) before a dead engine."""
     dead_engine = f"http://127.0.0.1:{free_port()}"
+    event_log_path = tmp_path_factory.mktemp("log") / "events.db"
     running = [
         start_gateway(dead_engine, tmp_path_factory.mktemp(f"replica-{i}"), ready_path="/healthz",
-                      auth=True, api_keys=API_KEYS)
+                      event_log_path=event_log_path, auth=True, api_keys=API_KEYS)
         for i in range(2)
     ]
     yield running[0], running[1]
@@ -71,18 +72,22 @@ def event_id(response: httpx.Response) -> str:
     return response.json()["event_id"]
 
 
-def dataset(gateway: RunningGateway, tmp_path: Path, event_ids: set[str]) -> DatasetStore:
-    """The trainer's dataset ingested from ``gateway``'s log once ``event_ids`` reached it."""
-    store = DatasetStore(tmp_path / "dataset.db")
-    group = f"test-{uuid.uuid4().hex}"
+def dataset(replicas: tuple[RunningGateway, ...], tmp_path: Path) -> DatasetStore:
+    """The trainer's dataset, ingested from the replicas' log once their outboxes are empty."""
     deadline = time.monotonic() + 20
-    with SqliteEventLog(gateway.event_log_path) as event_log:
-        while True:
-            ingest_available(event_log, store, group=group, from_beginning=True, idle_s=0.2)
-            applied = {row[0] for row in store.dump()["applied"]}
-            if event_ids <= applied:
-                return store
-            assert time.monotonic() < deadline, f"{len(event_ids - applied)} feedback events missing"
+    while any(replica.gateway.outbox.depth() for replica in replicas):
+        assert time.monotonic() < deadline, "the outboxes were not drained"
+        time.sleep(0.05)
+    store = DatasetStore(tmp_path / "dataset.db")
+    with SqliteEventLog(replicas[0].event_log_path) as event_log:
+        ingest_available(event_log, store, group=f"test-{uuid.uuid4().hex}", from_beginning=True,
+                         idle_s=0.2)
+    return store
+
+
+def pairs_among(store: DatasetStore, *completion_ids: str) -> list:
+    """The pairs between ``completion_ids`` (other tests' feedback is in the log too)."""
+    return [p for p in store.build_pairs().pairs if {p.chosen_id, p.rejected_id} <= set(completion_ids)]
 
 
 def test_a_vote_changed_back_is_a_new_event_and_counts_once(
@@ -97,9 +102,24 @@ def test_a_vote_changed_back_is_a_new_event_and_counts_once(
 
     assert len(set(votes)) == 3  # each change is a new event, changing back too
     assert retried == votes[2]  # a retry of the latest vote is that same event
-    store = dataset(gateway, tmp_path, {*votes, other})
-    pairs = [p for p in store.build_pairs().pairs if {p.chosen_id, p.rejected_id} <= {a, b}]
+    assert other not in votes
+    pairs = pairs_among(dataset(replicas, tmp_path), a, b)
     assert [(p.chosen_id, p.rejected_id, p.source, p.weight) for p in pairs] == [(a, b, "thumbs", 1.0)]
+
+
+def test_a_vote_changed_back_across_replicas_counts_as_the_last_one(
+    replicas: tuple[RunningGateway, RunningGateway], tmp_path: Path
+) -> None:
+    first, second = replicas
+    a, b = completions(first, 2)
+    up = event_id(post(first, "/v1/feedback", {"completion_id": a, "vote": "up"}))
+    down = event_id(post(second, "/v1/feedback", {"completion_id": a, "vote": "down"}))
+    up_again = event_id(post(first, "/v1/feedback", {"completion_id": a, "vote": "up"}))
+    post(second, "/v1/feedback", {"completion_id": b, "vote": "down"})
+
+    assert up_again == up != down  # the first replica never saw the down: to it, a retry
+    pairs = pairs_among(dataset(replicas, tmp_path), a, b)
+    assert [(p.chosen_id, p.rejected_id, p.source) for p in pairs] == [(a, b, "thumbs")]
 
 
 def test_a_ranking_changed_back_is_a_new_event_and_counts_once(
@@ -112,8 +132,7 @@ def test_a_ranking_changed_back_is_a_new_event_and_counts_once(
     retried = event_id(post(gateway, "/v1/rankings", {"ranking": orders[-1]}))
 
     assert len(set(rankings)) == 3 and retried == rankings[2]
-    built = dataset(gateway, tmp_path, set(rankings)).build_pairs()
-    pairs = [p for p in built.pairs if {p.chosen_id, p.rejected_id} <= {a, b, c}]
+    pairs = pairs_among(dataset(replicas, tmp_path), a, b, c)
     assert sorted((p.chosen_id, p.rejected_id) for p in pairs) == sorted([(a, b), (a, c), (b, c)])
     assert {(p.source, p.labelers, p.weight) for p in pairs} == {("ranking", ("alice",), 1.0)}
 

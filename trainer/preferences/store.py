@@ -8,8 +8,9 @@ Feedback identity (see ``serving.feedback``): one request, retries included, is 
 every changed vote or ranking is a new event. Every feedback event is kept, and the latest one
 (``created_at``, then ``event_id``) of each user per completion and criterion, and of each
 labeler per prompt and criterion, is the one that counts: up, down, up again counts as up,
-once. An event id seen again with another ``created_at`` (a client's retry of a request it
-had sent before) keeps its earliest one: the time the user acted.
+once. An event id seen again with a later ``created_at`` (a retry of a request: with the same
+``Idempotency-Key``, or repeating the caller's latest feedback) counts as of that later time:
+the latest request accepted wins, even a retry that reached the gateways after a newer one.
 
 Order does not matter: out-of-order delivery keeps the latest vote; feedback that arrives
 before its completion is stored and simply yields no pair until the completion arrives. The
@@ -130,7 +131,7 @@ class DatasetStore:
                     "INSERT OR IGNORE INTO applied VALUES (?)", (event.event_id,)
                 ).rowcount
                 new += inserted
-                self._store(event)  # again for a known id too: it may carry an earlier time
+                self._store(event)  # again for a known id too: it may carry a later time
                 self._db.execute(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE"
                     " SET next_offset = max(next_offset, excluded.next_offset)",
@@ -154,14 +155,14 @@ class DatasetStore:
         elif isinstance(event, ThumbsFeedback):
             self._db.execute(
                 "INSERT INTO thumbs VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE"
-                " SET created_at = min(created_at, excluded.created_at)",
+                " SET created_at = max(created_at, excluded.created_at)",
                 (event.event_id, event.user_id, event.completion_id, event.criterion, event.vote,
                  event.comment, created),
             )
         elif isinstance(event, RankingFeedback):
             self._db.execute(
                 "INSERT INTO rankings VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE"
-                " SET created_at = min(created_at, excluded.created_at)",
+                " SET created_at = max(created_at, excluded.created_at)",
                 (event.event_id, event.prompt_id, event.user_id, event.labeler_id, event.criterion,
                  json.dumps(event.ranking), json.dumps(event.unusable), created),
             )
