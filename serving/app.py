@@ -145,14 +145,26 @@ async def models(gateway: GatewayDep, _: Authenticated) -> dict:
     }]}
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key",
+    description="Optional, 1-255 visible ASCII characters, fresh per vote or ranking: every retry "
+    "of a request with this key is one event. Without it, a repeat of your latest feedback on "
+    "the same target is one event.",
+)]
+
+
 @router.post("/v1/feedback")
-async def feedback(body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return await gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user))
+async def feedback(
+    body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated, key: IdempotencyKey = None
+) -> FeedbackAccepted:
+    return await gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user), key)
 
 
 @router.post("/v1/rankings")
-async def rankings(body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return await gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user))
+async def rankings(
+    body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated, key: IdempotencyKey = None
+) -> FeedbackAccepted:
+    return await gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user), key)
 
 
 @router.get("/v1/labeling/next")
