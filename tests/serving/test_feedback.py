@@ -18,7 +18,7 @@ from serving.completion_ids import CompletionClaim, CompletionIdSigner
 from streams.codec import COMPLETIONS
 from streams.events import AdapterRef, ChatMessage, CompletionEvent, SamplingParams
 from streams.sqlite_log import SqliteEventLog
-from streams.tansu import free_port
+from common.processes import free_port
 from tests.fixtures.gateway import API_KEYS, RunningGateway, start_gateway
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore
