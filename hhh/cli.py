@@ -56,9 +56,10 @@ def _events_tail(args: argparse.Namespace) -> int:
     with open_event_log() as event_log, event_log.consumer(None, args.topics) as reader:
         shown = 0
         while args.limit is None or shown < args.limit:
-            records = reader.poll(max_records=500, timeout_s=args.wait)
-            if not records and not args.follow:
+            batch = reader.poll_batch(max_records=500, timeout_s=args.wait)
+            if batch.quiet and not args.follow:  # not at a fetch of only undecodable messages
                 break
+            records = batch.records
             for record in records[: None if args.limit is None else args.limit - shown]:
                 print(f"{record.topic}[{record.partition}]@{record.offset} key={record.key} "
                       f"{record.event.model_dump_json()}")

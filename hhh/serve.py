@@ -1,7 +1,8 @@
 """`hhh serve`: the gateway and, on one machine, the vLLM engine it supervises.
 
 With ``HHH_GATEWAY_ENGINE_URLS`` empty (the default) the gateway starts one vLLM server on the
-demo model (built on first use), watches it, and restarts it whenever it exits; meanwhile the
+demo model (built on first use), closed by an API key that only the gateway holds (generated
+per start unless ``HHH_GATEWAY_ENGINE_API_KEY`` is set), watches it, and restarts it whenever it exits; meanwhile the
 gateway answers 503 with the reason, and ``/readyz`` reports not ready. With engine URLs
 configured, the engines are someone else's to run (several machines, GPUs). Either way the
 gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import threading
 from pathlib import Path
 from typing import Protocol
 
 import uvicorn
+from pydantic import SecretStr
 
 from common.processes import ChildProcess
 
@@ -125,10 +128,13 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
                 from trainer.demo_model.build import build_demo_model
 
                 model_dir = build_demo_model("demo", home=hhh_home())
-            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log"))
+            # A fresh key per start: only this gateway may call the engine it supervises.
+            engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
+            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
+                                                api_key=engine_key))
             supervisors.append(ProcessSupervisor(engine, "engine"))
             supervisors[-1].start()
-            settings = settings.model_copy(update={"engine_urls": [engine.url]})
+            settings = settings.model_copy(update={"engine_urls": [engine.url], "engine_api_key": engine_key})
             adapter_settings = adapter_settings.model_copy(update={
                 "base_model_dir": model_dir, "max_lora_rank": engine.config.max_lora_rank,
             })

@@ -44,6 +44,11 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description="Base URLs of vLLM OpenAI servers (JSON list). Empty: `hhh serve` starts one.",
     )
+    engine_api_key: SecretStr | None = Field(
+        default=None,
+        description="The key the engines require (vLLM's --api-key), sent on every engine request. "
+        "`hhh serve` generates one for the engine it starts; set it for engines of your own.",
+    )
     served_model_name: str = Field(
         default="hhh", description="The model name clients ask for; it routes to the live adapter."
     )

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from common.processes import ChildProcess, free_port
 
@@ -67,6 +67,9 @@ class EngineConfig(BaseModel):
     cpu_omp_threads_bind: str = "nobind"
     """VLLM_CPU_OMP_THREADS_BIND: "nobind" leaves OpenMP threads unpinned; "auto" pins them
     per NUMA node and reserves a core for the scheduler; or an explicit list like "0-7"."""
+    api_key: SecretStr | None = None
+    """The key every request to the server must carry (`--api-key`, passed in the environment
+    as ``VLLM_API_KEY`` so that it is not on the command line); None: the server is open."""
     extra_args: tuple[str, ...] = ()
     """Further vLLM command-line arguments, e.g. ("--tensor-parallel-size", "2") on GPU hosts."""
 
@@ -127,7 +130,7 @@ class EngineProcess(ChildProcess):
 
     def environment(self) -> dict[str, str]:
         """The server's environment: this process's plus vLLM's settings."""
-        return {
+        environment = {
             **os.environ,
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(self.config.cpu_kvcache_space_gib),
@@ -136,6 +139,10 @@ class EngineProcess(ChildProcess):
             "HF_HUB_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
         }
+        environment.pop("VLLM_API_KEY", None)
+        if self.config.api_key is not None:
+            environment["VLLM_API_KEY"] = self.config.api_key.get_secret_value()
+        return environment
 
     def start(self) -> None:
         """Launch the server; returns at once (see `wait_ready`).
@@ -197,8 +204,10 @@ class EngineProcess(ChildProcess):
         self.stop()
 
     def _serves_model(self, client: httpx.Client) -> bool:
+        key = self.config.api_key
+        headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         try:
-            response = client.get(f"{self.url}/v1/models")
+            response = client.get(f"{self.url}/v1/models", headers=headers)
         except httpx.TransportError:
             return False
         if response.status_code != 200:

@@ -72,6 +72,20 @@ def child_running(process: subprocess.Popen, command: str) -> psutil.Process:
     return child
 
 
+def test_the_embedded_engine_refuses_calls_without_the_gateways_key(
+    served: tuple[str, subprocess.Popen],
+) -> None:
+    url, process = served
+    engine = child_running(process, "vllm.entrypoints.openai.api_server")
+    cmdline = engine.cmdline()
+    engine_url = f"http://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}"
+    assert "--api-key" not in cmdline  # the key is in the environment, not on the command line
+    for path, body in (("/v1/models", None), ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"})):
+        response = httpx.request("GET" if body is None else "POST", f"{engine_url}{path}", json=body, timeout=30)
+        assert response.status_code == 401, (path, response.text)
+    assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200  # the gateway has it
+
+
 def test_a_crashed_engine_means_503_with_the_reason_then_recovery(served: tuple[str, subprocess.Popen]) -> None:
     url, process = served
     assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
