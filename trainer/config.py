@@ -301,7 +301,7 @@ class GateSettings(BaseSettings):
         "rounds, each of which the per-round budget bounds only against its predecessor.",
     )
     agreement_margin: float = Field(
-        default=0.1, ge=0, le=1,
+        default=0.15, ge=0, le=1,
         description="Non-inferiority margin on held-out human pairs: the lower confidence bound of "
         "the candidate's change in agreement (share of pairs) must be above −margin.",
     )

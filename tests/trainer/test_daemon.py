@@ -69,6 +69,7 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert {key.split("/")[0] for key in manifest.trained_on} == {"completions", "feedback"}
     assert sum(manifest.trained_on.values()) == 540  # every offset of the log, from 0
     assert manifest.metrics["reward_model_version"] == 1.0
+    assert {"reward_gain_lower", "kl_to_base", "train_examples", "kl_beta"} <= set(manifest.metrics)
     assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
     with event_log.consumer(None, [ADAPTERS]) as reader:
         events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
@@ -77,13 +78,23 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert [entry["kind"] for entry in run] == ["ppo"] * 4  # three iterations and the verdict
     assert run[-1]["gate"]["publish"] is True
 
-    # A second round trains against the version now deployed; over a tight KL budget it is refused.
+    # Nothing new arrived: the next round does not optimise the same reward model again.
     tight = daemon_for(tmp_path, tiny_model_dir, event_log, kl_budget=1e-3)
     second = tight.run_round()
     assert second.published == [], second.steps
     assert "reward model: version 1 is current" in second.steps[1]  # no new pairs: no retraining
-    assert any("exceeds the budget" in step for step in second.steps), second.steps
+    assert ("global: nothing new to train on: the reward model (version 1) is unchanged and 0 new "
+            "training examples arrived, 32 are needed") in second.steps[-1], second.steps
+    assert not any("exceeds the budget" in step for step in second.steps)
+
+    # New prompts: a round trains against the version now deployed, from the β that version's
+    # round ended with; over a tight KL budget it is refused.
+    publish_all(event_log, politeness_events(range(120, 200)))
+    third = tight.run_round()
+    assert third.published == [], third.steps
+    assert any("exceeds the budget" in step for step in third.steps), third.steps
     assert [m.version for m in (v.manifest for v in tight.adapters.list("global"))] == [1]
+    assert tight.run_round().steps[-1].startswith("global: nothing new to train on"), "refused: not retried"
     event_log.close()
 
 
@@ -104,7 +115,8 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
         "HHH_REWARD_EPOCHS": "2", "HHH_REWARD_MAX_LENGTH": "96", "HHH_REWARD_THREADS": "2",
         "HHH_PPO_ROLLOUT_BATCH_SIZE": "16", "HHH_PPO_NUM_MINIBATCHES": "2", "HHH_PPO_PPO_EPOCHS": "2",
         "HHH_PPO_MAX_NEW_TOKENS": "12", "HHH_PPO_LEARNING_RATE": "2e-3",
-        "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_Z": "1e6",
+        "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_MARGIN": "1",
+        "HHH_GATE_ANCHOR_KL_BUDGET": "1e6",
         "HHH_GATE_SAMPLES_PER_PROMPT": "1", "HHH_GATE_MIN_SAMPLES": "1","HHH_GATE_MAX_NEW_TOKENS": "12",
         "HHH_GATE_MIN_HELDOUT_PAIRS": "4",
     }

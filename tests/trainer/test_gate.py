@@ -68,7 +68,7 @@ def test_a_better_candidate_within_budget_is_published() -> None:
         ({"kl_to_base": 30.0}, "KL to the base model 30.00 nats exceeds the budget across rounds 24.00"),
         ({"agreement_gain": bound(-0.1, -0.25)},
          "agreement with held-out human pairs is not shown non-inferior: 95% lower bound of the "
-         "change -0.250 ≤ −0.100"),
+         "change -0.250 ≤ −0.150"),
         ({"heldout_pairs": 3}, "only 3 held-out human pairs; at least 4 are needed"),
     ],
 )
@@ -124,7 +124,8 @@ def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget
 
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=4, max_new_tokens=16,
-                      learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None, seed=0)
+                      learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None,
+                      missing_eos_penalty=0.0, seed=0)
     torch.manual_seed(0)
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
     PPOTrainer(stack, length_reward, ppo).train(training_prompts(200), iterations=6)
@@ -177,7 +178,7 @@ def test_an_exact_copy_of_the_deployed_adapter_is_refused_in_at_least_95_of_100_
     gate, a difference of two independent means against a fixed 0.05, let 4 in 20 through.)"""
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj"]))
-    settings = GateSettings(min_heldout_pairs=1, samples_per_prompt=2, min_samples=1, max_new_tokens=8)
+    settings = GateSettings(min_heldout_pairs=1, samples_per_prompt=2, min_samples=1, max_new_tokens=6)
     prompts = heldout_conversations()[:16]
     published = 0
     for trial in range(100):
@@ -188,18 +189,20 @@ def test_an_exact_copy_of_the_deployed_adapter_is_refused_in_at_least_95_of_100_
     assert published <= 5, published
 
 
-def test_a_candidate_trained_on_a_clear_preference_is_published(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """PPO on a learnable reward (polite openings) from the deployed adapter: the default gate
-    (its margin, KL budgets and non-inferiority on human pairs that prefer politeness) publishes."""
-    deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
+def test_a_candidate_trained_on_a_clear_preference_is_published(tiny_model_dir: Path) -> None:
+    """PPO on a learnable reward (polite openings) from the base model: the default gate (its
+    margin, KL budgets, and non-inferiority on held-out human pairs that prefer politeness)
+    publishes it."""
     ppo = PPOSettings(rollout_batch_size=32, num_minibatches=4, ppo_epochs=4, max_new_tokens=8,
                       learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
     torch.manual_seed(0)
-    stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
+    stack = load_policy_stack(tiny_model_dir, None, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
     PPOTrainer(stack, polite_reward, ppo).train(training_prompts(400), iterations=12)
-    settings = GateSettings(min_heldout_pairs=4, samples_per_prompt=4, min_samples=1, max_new_tokens=8)
+    settings = GateSettings(samples_per_prompt=4, min_samples=1, max_new_tokens=8)
+    prompts = heldout_conversations()
+    pairs = [TextPair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.") for p in prompts]
 
-    decision = measure(stack, polite_reward, heldout_conversations()[:32], heldout_pairs(), [1.0] * 6, settings)
+    decision = measure(stack, polite_reward, prompts, pairs, [1.0] * len(pairs), settings)
 
     assert decision.publish, decision.reasons
     assert decision.reward_gain is not None and decision.reward_gain.lower > settings.reward_margin

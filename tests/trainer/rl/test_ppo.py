@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from trainer.rl.models import (
     load_frozen_base,
     load_policy_stack,
     lora_config,
+    token_logprobs,
 )
 from trainer.rl.evaluation import SamplingSpec, evaluate_policy
 from trainer.rl.ppo import PPOTrainer
@@ -163,7 +165,8 @@ def test_ppo_raises_the_heldout_reward_with_kl_under_budget(tiny_model_dir: Path
     """A PPO round of about a minute: the mean synthetic reward on held-out prompts rises and
     the policy stays within a KL budget of the reference; the run record has every metric."""
     settings = PPOSettings(rollout_batch_size=32, num_minibatches=4, ppo_epochs=4, max_new_tokens=8,
-                           learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, kl_horizon=1000, seed=0)
+                           learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, kl_horizon=1000,
+                           missing_eos_penalty=0.0, seed=0)
     torch.manual_seed(0)
     stack = stack_for(tiny_model_dir, None, settings)
     record_path = tmp_path / "run.jsonl"
@@ -229,6 +232,79 @@ def test_merged_sampling_is_the_policy_and_leaves_the_base_untouched(
     after = dict(stack.peft_model.named_parameters())
     assert all(after[n] is original and torch.equal(original, copy) for n, (original, copy) in base.items())
     assert all(p.requires_grad == (f".{POLICY_ADAPTER}." in n) for n, p in stack.peft_model.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def opinionated_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model whose generation_config.json asks for a repetition penalty, top-k and
+    top-p by default, as many published checkpoints do."""
+    folder = tmp_path_factory.mktemp("opinionated") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "generation_config.json").read_text()) \
+        if (folder / "generation_config.json").is_file() else {}
+    config |= {"do_sample": True, "repetition_penalty": 1.3, "top_k": 5, "top_p": 0.5}
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_the_sampler_draws_from_the_distribution_the_trainer_scores(
+    opinionated_model_dir: Path, merged: bool
+) -> None:
+    """Whatever the model folder's generation defaults, the tokens come from softmax(logits/T):
+    the sampler's own log-probabilities (after every processor it applied) equal the trainer's."""
+    stack = stack_for(opinionated_model_dir, None, PPOSettings())
+    move_policy(stack, 0.5, seed=2)
+    prompts = training_prompts(8)
+    torch.manual_seed(0)
+    rollout = sample_rollout(stack, prompts, max_new_tokens=12, temperature=0.9, max_prompt_tokens=64,
+                             merged=merged, with_sampler_logprobs=True)
+    with torch.no_grad():
+        logits, _ = stack.policy_outputs(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
+    trainer_logprobs = token_logprobs(logits / 0.9, rollout.response_ids)
+    mask = rollout.response_mask.bool()
+    assert rollout.sampler_logprobs is not None and mask.sum() > 8 * 3
+    assert (rollout.sampler_logprobs[mask] - trainer_logprobs[mask]).abs().max() < 1e-4
+    # The folder's defaults are real: plain `generate` would have sampled another distribution.
+    with torch.no_grad():
+        plain = stack.peft_model.generate(
+            input_ids=rollout.input_ids[:, : rollout.prompt_width],
+            attention_mask=rollout.attention_mask[:, : rollout.prompt_width], temperature=0.9,
+            max_new_tokens=12, output_scores=True, return_dict_in_generate=True,
+        )
+    first_token = plain.sequences[:, rollout.prompt_width : rollout.prompt_width + 1]  # (B, 1)
+    plain_first = plain.scores[0].log_softmax(-1).gather(-1, first_token).squeeze(-1)
+    with torch.no_grad():
+        attention = torch.cat([rollout.attention_mask[:, : rollout.prompt_width], torch.ones_like(first_token)], 1)
+        rescored, _ = stack.policy_outputs(plain.sequences[:, : rollout.prompt_width + 1], attention,
+                                           rollout.prompt_width)
+    assert (plain_first - token_logprobs(rescored / 0.9, first_token)[:, 0]).abs().max() > 0.1
+
+
+def test_the_frozen_base_stays_in_eval_mode_while_ppo_updates(tiny_model_dir: Path) -> None:
+    """Dropout in the base (its config may have some) would make the update's log-probs differ
+    from π_old's: every module the forward passes run is in eval mode, updates included."""
+    settings = PPOSettings(**SMALL)
+    stack = stack_for(tiny_model_dir, None, settings)
+    modes: set[bool] = set()
+    hooks = [module.register_forward_pre_hook(lambda module, _: modes.add(module.training))
+             for module in stack.peft_model.modules()]
+    try:
+        PPOTrainer(stack, polite_reward, settings).train(training_prompts(16), iterations=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert modes == {False}
+
+
+def test_a_response_cut_by_the_token_limit_loses_the_missing_eos_penalty(tiny_model_dir: Path) -> None:
+    """The reward model would score a truncated text as if it had ended; PPO charges it."""
+    settings = PPOSettings(**{**SMALL, "max_new_tokens": 2, "missing_eos_penalty": 3.0})
+    stack = stack_for(tiny_model_dir, None, settings)
+    trainer = PPOTrainer(stack, lambda _, responses: torch.ones(len(responses)), settings)
+    metrics = trainer.iteration(training_prompts(8))
+    assert metrics["truncated_share"] > 0.5  # two tokens: hardly any reply ends
+    assert metrics["reward_mean"] == pytest.approx(1.0 - 3.0 * metrics["truncated_share"], abs=1e-5)
 
 
 @pytest.mark.vllm
