@@ -3,16 +3,20 @@
 `ChildProcess` runs one command in a process group of its own, its output appended to a log
 file. `stop` signals the whole group — SIGTERM, then SIGKILL after a timeout — and returns
 once no process of the group is left, so grandchildren (vLLM's engine core, say) never outlive
-it and its port and memory are free again. The vLLM engine (`serving.engine.EngineProcess`),
+it and its port and memory are free again. On Linux the child is also asked to receive SIGTERM
+when its parent dies (``PR_SET_PDEATHSIG``), so that a parent killed without a chance to stop
+it (SIGKILL, a crash) leaves no orphan behind. The vLLM engine (`serving.engine.EngineProcess`),
 the trainer daemon that `hhh up` supervises and the test broker are all `ChildProcess`es.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -50,19 +54,14 @@ class ChildProcess:
 
     def spawn(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         """Start ``command`` in a new session (its own process group); returns at once."""
+        options = {"stdin": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "start_new_session": True,
+                   "env": None if env is None else dict(env), "preexec_fn": _die_with_parent}
         if self.log_path is None:
-            self._process = subprocess.Popen(
-                list(command), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=None if env is None else dict(env),
-                start_new_session=True,
-            )
+            self._process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, **options)
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=None if env is None else dict(env), start_new_session=True,
-            )
+            self._process = subprocess.Popen(list(command), stdout=log, **options)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the group, SIGKILL it after ``timeout`` s; return once the group is gone."""
@@ -103,6 +102,15 @@ def wait_for_port(port: int, child: ChildProcess, timeout_s: float, host: str = 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listened on {host}:{port} within {timeout_s:.0f} s") from None
             time.sleep(0.02)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child, before exec: SIGTERM me when the thread that forked me exits."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

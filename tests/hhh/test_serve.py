@@ -59,11 +59,13 @@ def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.P
         assert process.poll() is None, (home / "up.log").read_text()[-3000:]
         yield url, process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
+            process.wait(10)
+
+
+def descendants(process: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(process.pid).children(recursive=True)
 
 
 def child_running(process: subprocess.Popen, command: str) -> psutil.Process:
@@ -127,3 +129,17 @@ def test_the_trainer_daemon_runs_rounds_beside_the_gateway_and_is_restarted(
     seen = rounds_logged()
     wait_for(lambda: rounds_logged() > seen, 120, "a round of the restarted trainer")
     assert "the trainer exited; restarting it (restart 1)" in (home / "up.log").read_text()
+
+
+def test_sigterm_stops_hhh_up_and_every_child_it_started(served: tuple[str, subprocess.Popen]) -> None:
+    """What systemd, Docker and Kubernetes send: the gateway, the engine (with its engine-core
+    processes) and the trainer all end, and nothing is left running. (Runs last: it stops the
+    module's service.)"""
+    _, process = served
+    children = descendants(process)
+    assert any("vllm" in " ".join(c.cmdline()) for c in children)
+    assert any("-m hhh train" in " ".join(c.cmdline()) for c in children)
+    process.send_signal(signal.SIGTERM)
+    process.wait(90)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
