@@ -195,7 +195,11 @@ async def readyz(gateway: GatewayDep) -> dict:
     if not gateway.pool.ready:
         raise GatewayError(503, "not_ready", str(gateway.pool.unavailable()))
     engines = [{"url": e.url, "up": e.up, "error": e.last_error} for e in gateway.pool.engines]
-    return {"status": "ready", "engines": engines}
+    body: dict = {"status": "ready", "engines": engines}
+    if gateway.adapters is not None:
+        body["adapters"] = {"last_event": gateway.adapters.last_event, "last_error": gateway.adapters.last_error,
+                            "caught_up": gateway.adapters.caught_up.is_set()}
+    return body
 
 
 @router.get("/metrics")

@@ -94,6 +94,10 @@ class HotSwapController:
         """Label (``global@3``) -> why this replica refused it."""
         self.caught_up = asyncio.Event()
         """Set once the topic has been read to its end after start."""
+        self.last_event: str | None = None
+        """The last event applied (``global@3``), for /readyz."""
+        self.last_error: str | None = None
+        """The last failure while applying an event (the event and why), for /readyz."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -143,7 +147,10 @@ class HotSwapController:
                 for record in records:
                     assert isinstance(record.event, AdapterPublishedEvent)
                     latest[record.event.scope] = record.event
-                await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()))
+                outcomes = await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()),
+                                                return_exceptions=True)
+                for event, outcome in zip(latest.values(), outcomes, strict=True):
+                    self._note_outcome(event, outcome)
                 if records:
                     await asyncio.to_thread(consumer.commit)
                 elif not self.caught_up.is_set():
@@ -151,6 +158,19 @@ class HotSwapController:
                     self.caught_up.set()
         finally:
             await asyncio.to_thread(_close, consumer, event_log)
+
+    def _note_outcome(self, event: AdapterPublishedEvent, outcome: BaseException | None) -> None:
+        """Record how applying ``event`` went; a failure stays with that event, never ends the
+        controller (one bad event must not stop this replica from swapping ever again)."""
+        self.last_event = f"{event.scope}@{event.version}"
+        if outcome is None:
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+        self.last_error = f"{self.last_event}: {type(outcome).__name__}: {outcome}"
+        metrics.ADAPTER_REFUSED.labels(reason="controller_error").inc()
+        log.error("applying %s failed; the controller goes on with the next event",
+                  self.last_event, exc_info=outcome)
 
     async def _isolate_base(self) -> None:
         """Before the first adapter: route base-model traffic through the null adapter, and wait
@@ -220,7 +240,9 @@ class HotSwapController:
             log.warning("%s@%d not swapped in yet: %s; retrying", scope, version, deferred)
             self._retry[scope] = event
             return False
-        except AdapterRefused as refusal:
+        except Exception as error:  # noqa: BLE001 - anything else refuses this version only
+            refusal = error if isinstance(error, AdapterRefused) else AdapterRefused(
+                "internal_error", f"{type(error).__name__}: {error}")
             await self._refuse(scope, version, refusal)
             live = self.router.live().get(scope)
             if live is None or live.engine_model != name:
@@ -253,7 +275,7 @@ class HotSwapController:
         self.refused[f"{scope}@{version}"] = record
         try:
             await asyncio.to_thread(self.store.record_refusal, scope, version, record)
-        except OSError:
+        except Exception:  # noqa: BLE001 - the refusal stands in memory and in the log
             log.exception("could not record the refusal of %s@%d in the store", scope, version)
 
     # -- engines -------------------------------------------------------------------------------

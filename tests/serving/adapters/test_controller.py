@@ -20,12 +20,14 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
+from common.files import sha256_file
 from serving.adapters.config import AdapterSettings
 from serving.adapters.publish import announce, publish_adapter
-from common.files import sha256_file
 from serving.adapters.store import AdapterStore, Manifest
 from serving.engine import EngineProcess
+from streams.codec import ADAPTERS
 from streams.config import KafkaSettings
+from streams.events import AdapterPublishedEvent
 from streams.kafka_log import KafkaEventLog
 from streams.log import EventLog
 from tests.fixtures.event_logs import open_log
@@ -371,3 +373,20 @@ def test_more_user_adapters_than_the_engine_holds_are_evicted_and_reloaded_on_de
 
     assert again == first
     assert len({json.dumps(answer, sort_keys=True) for answer in first.values()}) == len(users)
+
+
+@pytest.mark.vllm
+@pytest.mark.kafka
+def test_an_event_the_controller_cannot_apply_never_stops_it_swapping(rig: Rig, adapters: dict[str, Path]) -> None:
+    """An adapters event for a scope no store can hold (``user:..``) fails on its own; the same
+    replica goes on to swap in the next good version, and /readyz names the failure."""
+    running = rig.start("r1")
+    good = rig.publish(adapters["a"])
+    rig.event_log.publish(ADAPTERS, "user:..", AdapterPublishedEvent(
+        scope="user:..", version=1, path=str(rig.store.path("global", good.version)),
+        sha256="0" * 64, base_model=good.base_model))
+    rig.event_log.flush()
+    second = rig.publish(adapters["b"])
+    wait_served(running.url, "ann", f"global@{second.version}")
+    ready = httpx.get(f"{running.url}/readyz").json()
+    assert "user:..@1" in ready["adapters"]["last_error"], ready
