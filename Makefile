@@ -11,7 +11,7 @@ BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.hhh-installed-$(VLLM_EXTRA)
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench clean
+.PHONY: run test install clean
 
 run: install
 	$(BIN)/hhh up
@@ -32,9 +32,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(VLLM_EXTRA),test]"
 	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
-
-bench: install
-	$(BIN)/python -m bench.streams
 
 clean:
 	rm -rf $(VENV) .hhh

@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.reward [--variant tiny|demo] [--pairs 320] [--batch-size 16] [--threads 1]
                                      [--rounds 2]
 
-The first run creates ``bench/.venvs/trl-reward`` (gitignored) and installs the current TRL
-there with torch 2.13.0 and the transformers, peft and accelerate versions of ``.venv``, so
-both sides run the same libraries. Both train the demo model (``--variant``) with the same
+The first run creates the TRL virtualenv (`bench.trl_venv`: TRL 1.12.0 with torch 2.13.0 and
+the transformers, peft and accelerate versions of ``.venv``), so both sides run the same
+libraries. Both train the demo model (``--variant``) with the same
 LoRA adapter (r 8, alpha 16, no dropout, every linear layer of the blocks), a scalar head,
 AdamW at a constant learning rate, the same batch size (pairs per step), fp32, the same
 thread count, for one epoch over the same pre-tokenised pairs (polite over curt over rude
@@ -27,7 +27,6 @@ libraries, so it counts the model, the data, activations and optimiser state.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import statistics
@@ -38,9 +37,9 @@ import time
 from pathlib import Path
 
 from bench.memory import peak_rss_bytes
+from bench.trl_venv import ensure_trl_venv
 
 REPO = Path(__file__).resolve().parents[1]
-TRL_VENV = REPO / "bench" / ".venvs" / "trl-reward"
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 LEARNING_RATE = 1e-3
@@ -67,7 +66,8 @@ def run_hhh(job: dict) -> dict:
     import torch
 
     from trainer.config import RewardSettings
-    from trainer.reward.model import RewardModel, load_tokenizer
+    from trainer.reward.model import RewardModel
+    from trainer.tokens import load_tokenizer
     from trainer.reward.train import EncodedPair, train_pairs
 
     logging.disable(logging.INFO)
@@ -81,7 +81,7 @@ def run_hhh(job: dict) -> dict:
     )
     model = RewardModel.create(model_dir, "value_head", settings)
     pairs = [EncodedPair(p["chosen_ids"], p["rejected_ids"], 1.0) for p in job["pairs"]]
-    pad_id = load_tokenizer(model_dir).pad_token_id
+    pad_id = load_tokenizer(model_dir, padding_side="right").pad_token_id
     started, cpu_started = time.perf_counter(), time.process_time()
     loss = train_pairs(model, pairs, settings, epochs=1, pad_id=pad_id, progress=False)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -131,32 +131,16 @@ def worker(side: str, job_path: str) -> None:
 
 # ---------------------------------------------------------------- driver side (.venv)
 
-def ensure_trl_venv() -> Path:
-    """The TRL virtualenv's python, created and installed on first use."""
-    python = TRL_VENV / "bin" / "python"
-    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("transformers", "peft", "accelerate")]
-    requirements = ["trl", "datasets", *pins]
-    stamp = TRL_VENV / ".installed"
-    if stamp.is_file() and stamp.read_text() == " ".join(requirements):
-        return python
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "torch==2.13.0"], check=True)
-    subprocess.run([*pip, *requirements], check=True)
-    stamp.write_text(" ".join(requirements))
-    return python
-
-
 def make_job(variant: str, pair_count: int, batch_size: int, threads: int) -> dict:
     """The model folder and ``pair_count`` pre-tokenised preference pairs."""
     from streams.config import hhh_home
-    from tests.trainer.test_reward_refresh import politeness_events
+    from trainer.demo_model.feedback import politeness_events
     from trainer.demo_model.build import build_demo_model
-    from trainer.reward.model import encode, load_tokenizer
+    from trainer.reward.model import encode
+    from trainer.tokens import load_tokenizer
 
     model_dir = build_demo_model(variant, home=hhh_home())
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side="right")
     completions: dict[str, tuple[list[dict], str]] = {}
     pairs = []
     for event in politeness_events(range(0, pair_count)):  # a ranking on every other prompt

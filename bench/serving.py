@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.serving [--model DIR] [--requests 300] [--concurrency 1 8 32]
                                       [--stream-requests 96] [--feedback 4000]
 
-One vLLM OpenAI server (CPU, the tiny demo model, served as ``base``) and one gateway in front
+One vLLM OpenAI server (CPU, the tiny demo model, served as ``base``, launched as the service
+launches it: `serving.engine.EngineProcess`, fp32) and one gateway in front
 of it, wired as tests/fixtures/gateway.py does (auth off: the ``user`` field names the caller;
 outbox draining into an embedded SQLite event log) but in its own process (multiprocessing,
 spawn; uvicorn), so that the load generator does not share its GIL. All on loopback, sharing
@@ -38,8 +39,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,7 +50,8 @@ import numpy as np
 import psutil
 
 from streams.config import hhh_home
-from streams.tansu import free_port
+from common.processes import free_port
+from serving.engine import EngineConfig, EngineProcess
 
 FALLBACK_MODEL = Path("/tmp/mymodel/tiny")
 SERVED_BASE = "base"  # what vLLM serves; the gateway serves it as GatewaySettings.served_model_name
@@ -115,41 +115,12 @@ def resolve_model(model: str | None) -> Path:
     return build_demo_model("tiny", 0, home=hhh_home()).resolve()
 
 
-def start_engine(model: Path, port: int, log_path: Path) -> subprocess.Popen:
-    """vLLM's OpenAI server for ``model`` on ``port``, in its own process group."""
-    env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE="1")
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", SERVED_BASE, "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-lora-rank", "16", "--max-model-len", "512",
-    ]
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen(
-            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop_engine(engine: subprocess.Popen) -> None:
-    """SIGTERM the engine's process group (this bench started it), SIGKILL after 30 s."""
-    if engine.poll() is not None:
-        return
-    os.killpg(engine.pid, signal.SIGTERM)
-    try:
-        engine.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(engine.pid, signal.SIGKILL)
-        engine.wait(10)
-
-
-def wait_until_ready(
-    url: str, timeout_s: float, alive: Callable[[], bool], log_path: Path | None = None
-) -> None:
-    """Poll ``url`` until it answers 200; fail early (with the log's tail) if the process died."""
+def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool]) -> None:
+    """Poll ``url`` until it answers 200; fail early if the process died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not alive():
-            tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"{url}: the process exited before it was ready\n{tail}")
+            raise RuntimeError(f"{url}: the process exited before it was ready")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -645,17 +616,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hhh-bench-serving-") as scratch:
         folder = Path(scratch)
-        engine_port, gateway_port = free_port(), free_port()
-        engine_url = f"http://127.0.0.1:{engine_port}"
+        gateway_port = free_port()
         gateway_url = f"http://127.0.0.1:{gateway_port}"
-        engine_log = folder / "vllm.log"
-        print(f"starting vLLM on {engine_url} (log: {engine_log}) ...", flush=True)
-        engine = start_engine(args.model_path, engine_port, engine_log)
+        engine = EngineProcess(EngineConfig(model_dir=args.model_path, served_model_name=SERVED_BASE,
+                                            log_path=folder / "vllm.log"))
         gateway = None
         try:
-            wait_until_ready(
-                f"{engine_url}/v1/models", 300, lambda: engine.poll() is None, engine_log
-            )
+            engine.start()
+            engine_url = engine.url
+            print(f"starting vLLM on {engine_url} (log: {engine.config.log_path}) ...", flush=True)
+            engine.wait_ready()
             gateway = multiprocessing.get_context("spawn").Process(
                 target=serve_gateway, name="bench-gateway",
                 args=(engine_url, str(folder), gateway_port, args.profile_gateway),
@@ -673,7 +643,7 @@ def main() -> None:
         finally:
             if gateway is not None:
                 stop_gateway(gateway)
-            stop_engine(engine)
+            engine.stop()
 
 
 if __name__ == "__main__":

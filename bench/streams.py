@@ -1,6 +1,6 @@
 """Event-log throughput: publish and consume 1 KB events on both backends, and outbox → Kafka.
 
-    .venv/bin/python -m bench.streams [--events 50000]
+    .venv/bin/python -m bench.streams --bootstrap-servers HOST:PORT [--events 50000]
 
 Phases per backend (each on a fresh topic namespace):
   publish      publish N events and flush: events/s until the last one is durable
@@ -12,7 +12,9 @@ call), as pre-encoded bytes (``publish_bytes``, the outbox drainer's path), and 
 kafka-python producer with the same settings (the ceiling: what the client library alone does).
 Outbox: ``Outbox.put`` rate (the request path's cost), then an ``OutboxDrainer`` delivering
 the backlog to Kafka: events/s until the outbox is empty.
-Kafka is the Tansu test broker (memory storage) on loopback, sharing the 2 cores.
+Kafka is whatever broker ``--bootstrap-servers`` names; the figures in BENCHMARKS.md are the
+Tansu test broker (memory storage) on loopback, sharing the 2 cores, started by hand as
+BENCHMARKS.md shows.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from streams.kafka_log import KafkaEventLog
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
 from streams.sqlite_log import SqliteEventLog
-from streams.tansu import TansuBroker
 
 EVENT_BYTES = 1024
 
@@ -161,28 +162,31 @@ def outbox_to_kafka(bootstrap: str, count: int, folder: Path) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per phase")
+    parser.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT",
+                        help="the Kafka broker to measure (each phase uses fresh topics)")
     args = parser.parse_args()
     count = args.events
+    bootstrap = args.bootstrap_servers
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, TansuBroker() as broker:
+    with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for backend in ("sqlite", "kafka"):
             def location(name: str) -> str:
                 if backend == "sqlite":
                     return str(folder / f"{name}.db")
-                return f"{broker.bootstrap_servers}|{name}{uuid.uuid4().hex[:6]}."
+                return f"{bootstrap}|{name}{uuid.uuid4().hex[:6]}."
             here = location("sequential")
             published = publish(backend, here, count)
             consumed = consume(backend, here, count)
             produced_live, consumed_live, lag = concurrent(backend, location("concurrent"), count)
             rows.append((backend, published, consumed, produced_live, consumed_live, lag))
         kafka_paths = [
-            (name, measure(f"{broker.bootstrap_servers}|{name.split()[0]}{uuid.uuid4().hex[:6]}.", count))
+            (name, measure(f"{bootstrap}|{name.split()[0]}{uuid.uuid4().hex[:6]}.", count))
             for name, measure in (("events (publish)", lambda loc, n: publish("kafka", loc, n)),
                                   ("pre-encoded (publish_bytes)", publish_encoded),
                                   ("kafka-python alone", kafka_python_alone))
         ]
-        put_rate, delivered = outbox_to_kafka(broker.bootstrap_servers, count, folder)
+        put_rate, delivered = outbox_to_kafka(bootstrap, count, folder)
 
     print(f"\n{count:,} events of {EVENT_BYTES} bytes per phase\n")
     print("| backend | publish ev/s | consume ev/s | concurrent: produce ev/s | consume ev/s | consumer lag at end |")

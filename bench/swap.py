@@ -54,7 +54,7 @@ from serving.engine import EngineConfig, EngineProcess
 from streams.config import hhh_home
 from streams.outbox import Outbox, OutboxDrainer
 from streams.sqlite_log import SqliteEventLog
-from streams.tansu import free_port
+from common.processes import free_port
 
 MAX_TOKENS = 16
 
@@ -197,7 +197,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tests.fixtures.gateway import make_lora_adapter
+    from trainer.demo_model.adapters import make_lora_adapter
     from trainer.demo_model.build import build_demo_model
 
     model = build_demo_model("tiny", 0, home=hhh_home()).resolve()

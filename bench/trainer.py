@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.trainer [--reps 2] [--iterations 3] [--threads 2] [--skip-large]
 
-Creates ``bench/.venvs/trl-ppo`` on first use (``pip install torch==2.13.0 trl==1.12.0 peft
-psutil``; TRL 1.12.0 still ships ``trl.experimental.ppo.PPOTrainer``), then runs every
+Creates the TRL virtualenv on first use (`bench.trl_venv`: TRL 1.12.0, which still ships
+``trl.experimental.ppo.PPOTrainer``), then runs every
 measurement in a fresh process, alternating hhh and TRL (ABBA order over ``--reps``) so that
 drift in the shared machine's load hits both alike, and prints a markdown table.
 
@@ -44,24 +44,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.memory import peak_rss_bytes
+from bench.trl_venv import ensure_trl_venv
 
 REPO = Path(__file__).resolve().parents[1]
-TRL_VENV = REPO / "bench" / ".venvs" / "trl-ppo"
-TRL_PYTHON = TRL_VENV / "bin" / "python"
-TRL_PACKAGES = ["trl==1.12.0", "peft", "psutil"]
 LORA = {"lora": True, "lora_rank": 8, "lora_alpha": 16,
         "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 GIB = 1024**3
-
-
-def ensure_trl_venv() -> None:
-    """Create the TRL virtualenv once (CPU torch 2.13.0 first, so TRL does not pull another)."""
-    if TRL_PYTHON.exists():
-        return
-    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    pip = [str(TRL_VENV / "bin" / "pip"), "install", "-q"]
-    subprocess.run(pip + ["torch==2.13.0"], check=True)
-    subprocess.run(pip + TRL_PACKAGES, check=True)
 
 
 def large_model(demo_dir: Path, home: Path) -> Path:
@@ -122,7 +110,7 @@ def worker(kind: str, spec_path: str) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainer.config import DPOSettings, PPOSettings
-    from trainer.rl.dpo import DPOTrainer, PreferencePair, load_dpo_stack
+    from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
     from trainer.rl.models import load_policy_stack, lora_config
     from trainer.rl.ppo import PPOTrainer
 
@@ -133,7 +121,7 @@ def worker(kind: str, spec_path: str) -> None:
     model_dir = Path(spec["model"])
     if kind == "ppo":
         settings = PPOSettings(
-            share_base=spec["share_base"], rollout_batch_size=spec["batch_size"],
+            rollout_batch_size=spec["batch_size"],
             num_minibatches=spec["num_minibatches"], ppo_epochs=spec["ppo_epochs"],
             max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
             max_prompt_tokens=spec["max_prompt_tokens"], learning_rate=spec["learning_rate"],
@@ -143,7 +131,7 @@ def worker(kind: str, spec_path: str) -> None:
         )
         stack = load_policy_stack(model_dir, None, lora_config(settings.lora_rank, settings.lora_alpha,
                                                                settings.lora_target_modules),
-                                  share_base=settings.share_base)
+                                  share_base=spec["share_base"])
         reward = ClassifierReward(AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir))
         trainer = PPOTrainer(stack, reward, settings)
@@ -156,7 +144,7 @@ def worker(kind: str, spec_path: str) -> None:
                                learning_rate=spec["learning_rate"], max_length=spec["max_length"],
                                lora_rank=spec["lora_rank"], lora_alpha=spec["lora_alpha"],
                                lora_target_modules=spec["lora_targets"])
-        pairs = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in spec["pairs"]]
+        pairs = [TextPair(p["prompt"], p["chosen"], p["rejected"]) for p in spec["pairs"]]
         trainer = DPOTrainer(load_dpo_stack(model_dir, None, settings), settings)
         started = time.perf_counter()
         trainer.train(pairs)
@@ -196,7 +184,7 @@ def run(side: str, kind: str, spec: dict) -> dict:
         if side == "hhh":
             command = [sys.executable, "-m", "bench.trainer", "worker", kind, f.name]
         else:
-            command = [str(TRL_PYTHON), str(REPO / "bench" / "trainer_trl.py"), kind, f.name]
+            command = [str(ensure_trl_venv()), str(REPO / "bench" / "trainer_trl.py"), kind, f.name]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(spec["threads"])}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode:
@@ -234,7 +222,7 @@ def main() -> None:
     from streams.config import hhh_home
     from trainer.demo_model.build import build_demo_model
 
-    ensure_trl_venv()
+    ensure_trl_venv()  # installed before anything is timed
     home = hhh_home()
     demo = build_demo_model("demo", home=home)
     ppo = {"model": str(demo), "prompts": bench_prompts(64), "batch_size": 64, "num_minibatches": 2,

@@ -12,10 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from common.errors import UserError
 from serving.adapters.cli import register as register_adapter_commands
 from streams.config import hhh_home
-from trainer.cli import register as register_train_command
-from trainer.reward.cli import register as register_reward_commands
+from trainer.cli import register as register_train_commands
 
 
 def _demo_model(args: argparse.Namespace) -> int:
@@ -36,13 +38,13 @@ def _demo_feedback(args: argparse.Namespace) -> int:
         try:
             report = label(client, prompts=args.prompts, n=args.n, user=args.user, seed=args.seed)
         except httpx.HTTPError as error:
-            raise ValueError(f"{error} (is `hhh up` running at {args.url}?)") from None
+            raise UserError(f"{error} (is `hhh up` running at {args.url}?)") from None
     print(report.summary())
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.serve import serve
+    from hhh.serve import serve
 
     serve(args.model, with_trainer=args.command == "up")
     return 0
@@ -54,9 +56,10 @@ def _events_tail(args: argparse.Namespace) -> int:
     with open_event_log() as event_log, event_log.consumer(None, args.topics) as reader:
         shown = 0
         while args.limit is None or shown < args.limit:
-            records = reader.poll(max_records=500, timeout_s=args.wait)
-            if not records and not args.follow:
+            batch = reader.poll_batch(max_records=500, timeout_s=args.wait)
+            if batch.quiet and not args.follow:  # not at a fetch of only undecodable messages
                 break
+            records = batch.records
             for record in records[: None if args.limit is None else args.limit - shown]:
                 print(f"{record.topic}[{record.partition}]@{record.offset} key={record.key} "
                       f"{record.event.model_dump_json()}")
@@ -95,7 +98,7 @@ def _data_stats(args: argparse.Namespace) -> int:
 
     settings = TrainerSettings()
     if not settings.dataset_path.exists():
-        raise ValueError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
+        raise UserError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
     store = DatasetStore(settings.dataset_path)
     print(format_stats(store.build_pairs(eval_percent=settings.eval_percent,
                                          min_agreement=settings.min_agreement)))
@@ -170,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--wait", type=float, default=1.0, help="seconds to wait per poll")
     tail.set_defaults(run=_events_tail)
     register_adapter_commands(commands)
-    register_reward_commands(commands)
-    register_train_command(commands)
+    register_train_commands(commands)
     return parser
 
 
@@ -187,5 +189,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(run(args))
     except KeyboardInterrupt:
         sys.exit(130)
-    except ValueError as error:  # bad settings or arguments: say what to fix, no traceback
+    except (UserError, ValidationError) as error:  # what the user can fix: no traceback
         sys.exit(f"hhh {args.command}: {error}")

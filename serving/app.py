@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,9 +34,11 @@ from serving.completion_ids import CompletionIdSigner
 from serving.config import ApiKey, GatewaySettings
 from serving.engines import EnginePool, EngineUnavailable
 from serving.errors import GatewayError
-from serving.feedback import FeedbackService
+from serving.feedback import LABELER, FeedbackService
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
+from serving.web.labeling import LabelingFollower, LabelingQueue, LabelingSettings, LabelingTask
+from serving.web.pages import PAGE_ROUTES, install_pages
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
 
@@ -45,8 +47,8 @@ log = logging.getLogger(__name__)
 _ROUTES = {
     "/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/rankings",
     "/healthz", "/readyz", "/metrics", "/admin/adapters", "/admin/adapters/rollback",
-    "/admin/adapters/pin", "/admin/adapters/unpin",
-}
+    "/admin/adapters/pin", "/admin/adapters/unpin", "/v1/labeling/next",
+} | PAGE_ROUTES
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Gateway:
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
     adapters: HotSwapController | None = None
+    labeling: LabelingFollower | None = None
 
 
 def build_gateway(
@@ -75,13 +78,16 @@ def build_gateway(
     """Wire a gateway for ``settings``; the outbox and its drainer come from the caller.
 
     ``adapter_log`` opens the event log whose ``adapters`` topic the hot-swap controller
-    follows; without it the gateway serves the base model only.
+    follows, and whose ``completions`` and ``feedback`` the labeler queue reads; without it the
+    gateway serves the base model only and has no labeler queue.
     """
-    pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s)
+    pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s,
+                      api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
-    adapters = None
+    adapters = labeling = None
     if adapter_log is not None:
+        labeling = LabelingFollower(LabelingQueue(LabelingSettings()), adapter_log)
         adapter_settings = adapter_settings or AdapterSettings()
         adapters = HotSwapController(
             adapter_settings, adapter_settings.replica(settings.port),
@@ -92,7 +98,7 @@ def build_gateway(
         chat=ChatService(settings, pool, router, signer, outbox),
         feedback=FeedbackService(signer, outbox),
         api_keys=settings.key_table() if settings.auth else {},
-        adapters=adapters,
+        adapters=adapters, labeling=labeling,
     )
 
 
@@ -139,14 +145,44 @@ async def models(gateway: GatewayDep, _: Authenticated) -> dict:
     }]}
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key",
+    description="Optional, 1-255 visible ASCII characters, fresh per vote or ranking: every retry "
+    "of a request with this key is one event. Without it, a repeat of your latest feedback on "
+    "the same target is one event.",
+)]
+
+
 @router.post("/v1/feedback")
-async def feedback(body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return await gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user))
+async def feedback(
+    body: ThumbsRequest, gateway: GatewayDep, authenticated: Authenticated, key: IdempotencyKey = None
+) -> FeedbackAccepted:
+    return await gateway.feedback.thumbs(body, caller_of(gateway, authenticated, body.user), key)
 
 
 @router.post("/v1/rankings")
-async def rankings(body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated) -> FeedbackAccepted:
-    return await gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user))
+async def rankings(
+    body: RankingRequest, gateway: GatewayDep, authenticated: Authenticated, key: IdempotencyKey = None
+) -> FeedbackAccepted:
+    return await gateway.feedback.ranking(body, caller_of(gateway, authenticated, body.user), key)
+
+
+@router.get("/v1/labeling/next")
+async def labeling_next(
+    gateway: GatewayDep, authenticated: Authenticated,
+    skip: Annotated[str | None, Query(max_length=64, description="The item just done")] = None,
+) -> LabelingTask:
+    """Reserve the next item that needs judgements for the calling labeler; their progress."""
+    caller = caller_of(gateway, authenticated, None)
+    if LABELER not in caller.roles:
+        raise GatewayError(
+            403, "not_a_labeler", "the labeler queue is for API keys with the labeler role"
+        )
+    if gateway.labeling is None:
+        raise GatewayError(
+            404, "no_labeling_queue", "this gateway does not read the event log, so it has no queue"
+        )
+    return gateway.labeling.queue.next(caller.user_id, skip)
 
 
 @router.get("/healthz")
@@ -159,7 +195,11 @@ async def readyz(gateway: GatewayDep) -> dict:
     if not gateway.pool.ready:
         raise GatewayError(503, "not_ready", str(gateway.pool.unavailable()))
     engines = [{"url": e.url, "up": e.up, "error": e.last_error} for e in gateway.pool.engines]
-    return {"status": "ready", "engines": engines}
+    body: dict = {"status": "ready", "engines": engines}
+    if gateway.adapters is not None:
+        body["adapters"] = {"last_event": gateway.adapters.last_event, "last_error": gateway.adapters.last_error,
+                            "caught_up": gateway.adapters.caught_up.is_set()}
+    return body
 
 
 @router.get("/metrics")
@@ -176,17 +216,24 @@ def create_app(gateway: Gateway) -> FastAPI:
         await gateway.pool.start()
         if gateway.adapters is not None:
             gateway.adapters.start()
+        if gateway.labeling is not None:
+            gateway.labeling.start()
         try:
             yield
         finally:
+            if gateway.labeling is not None:
+                gateway.labeling.stop()
             if gateway.adapters is not None:
                 await gateway.adapters.stop()
             await gateway.pool.stop()
             gateway.drainer.stop()
 
-    app = FastAPI(title="hhh gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="hhh gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.gateway = gateway
     app.include_router(router)
+    install_pages(app, gateway.settings)
     if gateway.settings.admin_key is not None:
         app.include_router(admin.router)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)

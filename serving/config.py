@@ -25,8 +25,12 @@ class ApiKey(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    user: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")
-    roles: frozenset[Literal["labeler", "admin"]] = frozenset()
+    user: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
+                      description="The user id the key's requests act as.")
+    roles: frozenset[Literal["labeler", "admin"]] = Field(
+        default=frozenset(),
+        description="labeler: may rate any completion and name a labeler_id; admin: the admin API.",
+    )
 
 
 class GatewaySettings(BaseSettings):
@@ -39,6 +43,11 @@ class GatewaySettings(BaseSettings):
     engine_urls: list[str] = Field(
         default_factory=list,
         description="Base URLs of vLLM OpenAI servers (JSON list). Empty: `hhh serve` starts one.",
+    )
+    engine_api_key: SecretStr | None = Field(
+        default=None,
+        description="The key the engines require (vLLM's --api-key), sent on every engine request. "
+        "`hhh serve` generates one for the engine it starts; set it for engines of your own.",
     )
     served_model_name: str = Field(
         default="hhh", description="The model name clients ask for; it routes to the live adapter."

@@ -5,7 +5,8 @@
 local model folder with LoRA enabled and runtime adapter loading allowed
 (``POST /v1/load_lora_adapter``). Output goes to a log file; `wait_ready` polls
 ``GET /v1/models`` and fails fast, with the log's tail, if the process exits. The server runs in
-its own process group so `stop` also ends vLLM's engine-core child processes.
+its own process group (`common.processes.ChildProcess`) so `stop` also ends vLLM's engine-core
+child processes.
 
 No global state: a gateway may supervise several engines, each with its own `EngineConfig`.
 """
@@ -13,18 +14,16 @@ No global state: a gateway may supervise several engines, each with its own `Eng
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from common.processes import ChildProcess, free_port
 
 MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 """LoRA ranks vLLM accepts for --max-lora-rank."""
@@ -68,6 +67,9 @@ class EngineConfig(BaseModel):
     cpu_omp_threads_bind: str = "nobind"
     """VLLM_CPU_OMP_THREADS_BIND: "nobind" leaves OpenMP threads unpinned; "auto" pins them
     per NUMA node and reserves a core for the scheduler; or an explicit list like "0-7"."""
+    api_key: SecretStr | None = None
+    """The key every request to the server must carry (`--api-key`, passed in the environment
+    as ``VLLM_API_KEY`` so that it is not on the command line); None: the server is open."""
     extra_args: tuple[str, ...] = ()
     """Further vLLM command-line arguments, e.g. ("--tensor-parallel-size", "2") on GPU hosts."""
 
@@ -85,15 +87,15 @@ class EngineConfig(BaseModel):
         return self.served_model_name or self.model_dir.name
 
 
-class EngineProcess:
+class EngineProcess(ChildProcess):
     """One vLLM server subprocess: `start`, `wait_ready`, use `url`, then `stop`.
 
     Also a context manager that starts, waits until ready and always stops.
     """
 
     def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config.log_path)
         self.config = config
-        self._process: subprocess.Popen[bytes] | None = None
         self._port = config.port
 
     @property
@@ -105,16 +107,6 @@ class EngineProcess:
         if self._port == 0:
             raise RuntimeError("the engine's port is chosen when it starts; call start() first")
         return f"http://{self.config.host}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the server, which is also its process group id; None when stopped."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process has been started and has not exited."""
-        return self._process is not None and self._process.poll() is None
 
     def command(self) -> list[str]:
         """The command line that starts the server (port resolved once started)."""
@@ -138,7 +130,7 @@ class EngineProcess:
 
     def environment(self) -> dict[str, str]:
         """The server's environment: this process's plus vLLM's settings."""
-        return {
+        environment = {
             **os.environ,
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(self.config.cpu_kvcache_space_gib),
@@ -147,6 +139,10 @@ class EngineProcess:
             "HF_HUB_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
         }
+        environment.pop("VLLM_API_KEY", None)
+        if self.config.api_key is not None:
+            environment["VLLM_API_KEY"] = self.config.api_key.get_secret_value()
+        return environment
 
     def start(self) -> None:
         """Launch the server; returns at once (see `wait_ready`).
@@ -163,13 +159,8 @@ class EngineProcess:
                 "point it at a saved model, e.g. the folder `hhh demo-model` prints"
             )
         if self._port == 0:
-            self._port = _free_port(self.config.host)
-        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.config.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.environment(), start_new_session=True,
-            )
+            self._port = free_port(self.config.host)
+        self.spawn(self.command(), self.environment())
 
     def wait_ready(self, timeout: float = 300.0, poll_interval: float = 0.5) -> None:
         """Block until ``GET /v1/models`` lists the model.
@@ -181,7 +172,7 @@ class EngineProcess:
         with httpx.Client(timeout=poll_interval * 4) as client:
             while True:
                 if not self.running:
-                    code = self._process.returncode if self._process else None
+                    code = self.returncode
                     self.stop()
                     raise EngineStartError(
                         f"vLLM exited with code {code} before becoming ready; "
@@ -196,32 +187,6 @@ class EngineProcess:
                         f"log {self.config.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(poll_interval)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server and its children: SIGTERM, then SIGKILL after `timeout` seconds.
-
-        Returns once the whole process group is gone (or `timeout` more seconds passed).
-        """
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        # Also ends engine-core children that outlive a parent that exited on its own.
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-        _wait_until_group_gone(process.pid, timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines of the server log ('' if there is no log yet)."""
-        try:
-            with open(self.config.log_path, errors="replace") as log:
-                return "".join(deque(log, maxlen=lines))
-        except FileNotFoundError:
-            return ""
 
     def __enter__(self) -> Self:
         self.start()
@@ -239,34 +204,12 @@ class EngineProcess:
         self.stop()
 
     def _serves_model(self, client: httpx.Client) -> bool:
+        key = self.config.api_key
+        headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         try:
-            response = client.get(f"{self.url}/v1/models")
+            response = client.get(f"{self.url}/v1/models", headers=headers)
         except httpx.TransportError:
             return False
         if response.status_code != 200:
             return False
         return any(m.get("id") == self.config.model_name for m in response.json().get("data", []))
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_until_group_gone(pgid: int, timeout: float) -> None:
-    """Wait (bounded) until no process of the group is left, so its memory and port are free."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)

@@ -47,11 +47,14 @@ class Engine:
 class EnginePool:
     """Health-checked engines; ``lease`` picks the least loaded one that is up."""
 
-    def __init__(self, urls: list[str], *, interval_s: float = 1.0) -> None:
+    def __init__(self, urls: list[str], *, interval_s: float = 1.0, api_key: str | None = None) -> None:
+        """``api_key``: sent as ``Authorization: Bearer`` on every engine request (vLLM's
+        ``--api-key``), so that only the gateway can call its engines."""
         if not urls:
             raise ValueError("the engine pool needs at least one engine URL")
         self.engines = [Engine(url) for url in urls]
         self._interval_s = interval_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -86,7 +89,7 @@ class EnginePool:
 
     async def start(self) -> None:
         """Open the session, check every engine once, then keep checking in the background."""
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=self._headers)
         await self.check_all()
         self._task = asyncio.create_task(self._watch(), name="engine-health")
 

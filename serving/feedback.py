@@ -4,16 +4,30 @@ No shared state is needed to validate: a completion id proves which user receive
 completion of which prompt (``serving.completion_ids``). A caller may rate only completions
 it received, unless it holds the ``labeler`` role.
 
-Idempotence: the event id is a hash of the feedback's content, so a retried request is the
-same event (consumers dedupe it); a changed vote is a new event, and the dataset keeps a
-user's latest vote per completion and criterion.
+Identity: one request is one event, however often it is retried; every change is a new event.
+
+- With an ``Idempotency-Key`` header (any 1-255 visible ASCII characters, fresh for each
+  vote or ranking the client means to give) the event id is a hash of the caller, the key and
+  the body: every retry of that request, on any replica and after restarts, is the same event.
+- Without one, feedback equal to the caller's latest on the same target (a completion and
+  criterion; a labeler, prompt and criterion) that this replica accepted is a retry of it and
+  keeps its event id; anything else is a new event with a fresh id. A retry that reaches
+  another replica, or this one after a restart, becomes a second event with the same content:
+  it changes no vote or ranking and counts nothing twice.
+
+A changed vote or ranking is a new event that supersedes the previous one: the dataset counts
+each user's latest vote per completion and criterion and each labeler's latest ranking per
+prompt and criterion (by ``created_at``; an event id accepted again counts as of its latest
+acceptance), so up, down, up again counts as up, once, also when the second "up" reached a
+replica that never saw the "down" and took it for a retry of the first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
+import re
+from collections import Counter, OrderedDict
 
 from serving import metrics
 from serving.chat import Caller
@@ -21,10 +35,46 @@ from serving.completion_ids import CompletionClaim, CompletionIdSigner, InvalidC
 from serving.errors import GatewayError
 from serving.protocol import FeedbackAccepted, RankingRequest, ThumbsRequest
 from streams.codec import FEEDBACK
-from streams.events import RankingFeedback, ThumbsFeedback
+from streams.events import RankingFeedback, ThumbsFeedback, new_event_id
 from streams.outbox import Outbox
 
 LABELER = "labeler"
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+"""What an ``Idempotency-Key`` header may hold: 1-255 visible ASCII characters."""
+
+
+class LatestFeedback:
+    """The latest feedback this replica accepted from each caller on each target (LRU-bounded).
+
+    A target is ``(kind, caller, ...what is rated)``; content is the canonical request body.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._latest: OrderedDict[tuple[str, ...], tuple[str, str]] = OrderedDict()
+
+    def event_id(self, target: tuple[str, ...], content: str, idempotency_key: str | None) -> str:
+        """The event id of feedback ``content`` on ``target``: see the module docstring."""
+        if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+                raise GatewayError(
+                    400, "invalid_idempotency_key",
+                    "Idempotency-Key must be 1-255 visible ASCII characters (no spaces), "
+                    f"got {len(idempotency_key)} characters",
+                )
+            return _digest([*target, idempotency_key, content])
+        remembered = self._latest.get(target)
+        if remembered is not None and remembered[0] == content:
+            return remembered[1]
+        return new_event_id()
+
+    def accepted(self, target: tuple[str, ...], content: str, event_id: str) -> None:
+        """Remember ``event_id`` as the caller's latest feedback on ``target``."""
+        self._latest[target] = (content, event_id)
+        self._latest.move_to_end(target)
+        if len(self._latest) > self._capacity:
+            self._latest.popitem(last=False)
 
 
 class FeedbackService:
@@ -33,12 +83,17 @@ class FeedbackService:
     def __init__(self, signer: CompletionIdSigner, outbox: Outbox) -> None:
         self._signer = signer
         self._outbox = outbox
+        self._latest = LatestFeedback()
 
-    async def thumbs(self, request: ThumbsRequest, caller: Caller) -> FeedbackAccepted:
+    async def thumbs(
+        self, request: ThumbsRequest, caller: Caller, idempotency_key: str | None = None
+    ) -> FeedbackAccepted:
         """Record a thumbs up/down; raises ``GatewayError`` if the caller may not."""
         claim = self._claim(request.completion_id, caller)
+        target = ("thumbs", caller.user_id, request.completion_id, request.criterion)
+        content = _canonical(request.model_dump(exclude={"user"}))
         event = ThumbsFeedback(
-            event_id=_content_id("thumbs", caller.user_id, request.model_dump(exclude={"user"})),
+            event_id=self._latest.event_id(target, content, idempotency_key),
             completion_id=request.completion_id,
             user_id=caller.user_id,
             vote=request.vote,
@@ -46,12 +101,15 @@ class FeedbackService:
             criterion=request.criterion,
         )
         await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
+        self._latest.accepted(target, content, event.event_id)
         metrics.FEEDBACK.labels(
             kind="thumbs", criterion=request.criterion, vote=request.vote, adapter=claim.adapter.label
         ).inc()
         return FeedbackAccepted(event_id=event.event_id)
 
-    async def ranking(self, request: RankingRequest, caller: Caller) -> FeedbackAccepted:
+    async def ranking(
+        self, request: RankingRequest, caller: Caller, idempotency_key: str | None = None
+    ) -> FeedbackAccepted:
         """Record a ranking of one prompt's completions; raises ``GatewayError`` if invalid."""
         groups = request.groups()
         ids = [cid for group in groups for cid in group] + request.unusable
@@ -80,9 +138,12 @@ class FeedbackService:
         labeler_id = request.labeler_id or caller.user_id
         if labeler_id != caller.user_id and LABELER not in caller.roles:
             raise GatewayError(403, "not_a_labeler", "only labelers may set labeler_id to another id")
+        prompt_id = prompts.pop()
+        target = ("ranking", caller.user_id, labeler_id, prompt_id, request.criterion)
+        content = _canonical(request.model_dump(exclude={"user"}))
         event = RankingFeedback(
-            event_id=_content_id("ranking", caller.user_id, request.model_dump(exclude={"user"})),
-            prompt_id=prompts.pop(),
+            event_id=self._latest.event_id(target, content, idempotency_key),
+            prompt_id=prompt_id,
             user_id=caller.user_id,
             labeler_id=labeler_id,
             criterion=request.criterion,
@@ -90,6 +151,7 @@ class FeedbackService:
             unusable=request.unusable,
         )
         await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
+        self._latest.accepted(target, content, event.event_id)
         metrics.FEEDBACK.labels(
             kind="ranking", criterion=request.criterion, vote="ranking",
             adapter=claims[groups[0][0]].adapter.label,
@@ -110,10 +172,13 @@ class FeedbackService:
         return claim
 
 
-def _content_id(kind: str, user_id: str, content: dict) -> str:
-    """An event id that is equal for equal feedback from the same user."""
-    canonical = json.dumps([kind, user_id, content], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+def _canonical(content: object) -> str:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(parts: list[str]) -> str:
+    """An event id determined by ``parts``: 128 bits of their SHA-256, in hex."""
+    return hashlib.sha256(_canonical(parts).encode("utf-8")).hexdigest()[:32]
 
 
 def _short(completion_id: str) -> str:

@@ -1,9 +1,9 @@
 """Explicit serialisation of events to bytes and back, one schema per topic.
 
 Wire format: UTF-8 JSON of the event's pydantic model. ``decode`` never returns a half-valid
-event: it raises ``DecodeError`` whose ``reason`` is a short, countable label (``invalid_json``,
-``unsupported_schema_version``, ``schema_mismatch``) and whose message says what was wrong, so
-that the consumer can move the message to the dead-letter topic with that reason.
+event and never raises anything but ``DecodeError``, whatever the bytes: its ``reason`` is a
+short, countable label (see ``DECODE_REASONS``) and its message says what was wrong, so that the
+consumer can move the message to the dead-letter topic with that reason.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from common.errors import UserError
 from streams.events import (
     SCHEMA_VERSION,
     AdapterPublishedEvent,
@@ -48,8 +49,8 @@ class EventError(ValueError):
     reason = "invalid_event"
 
 
-class UnknownTopicError(EventError):
-    """A topic that is not one of ``TOPIC_SCHEMAS``."""
+class UnknownTopicError(EventError, UserError):
+    """A topic that is not one of ``TOPIC_SCHEMAS`` (a user's mistake where a user names it)."""
 
     reason = "unknown_topic"
 
@@ -69,8 +70,19 @@ class EventTooLargeError(EventError):
     reason = "too_large"
 
 
+DECODE_REASONS = (
+    "too_large",  # more than MAX_EVENT_BYTES
+    "invalid_json",  # not UTF-8, or not JSON
+    "too_deep",  # nested deeper than the parser's recursion limit
+    "unsupported_schema_version",
+    "schema_mismatch",  # JSON, but not the topic's schema
+    "undecodable",  # anything else the parser or validator raised
+)
+"""Every ``DecodeError.reason``: a bounded set, so they are safe as metric labels."""
+
+
 class DecodeError(EventError):
-    """Bytes that are not a valid event of the topic's schema."""
+    """Bytes that are not a valid event of the topic's schema; ``reason`` is in ``DECODE_REASONS``."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -103,10 +115,25 @@ def encode(topic: str, event: Event) -> bytes:
 
 
 def decode(topic: str, payload: bytes) -> Event:
-    """Parse ``payload`` as an event of ``topic``'s schema or raise ``DecodeError``."""
+    """Parse ``payload`` as an event of ``topic``'s schema or raise ``DecodeError``.
+
+    No other exception escapes for any ``payload`` (a consumer must be able to dead-letter
+    every message it meets); ``UnknownTopicError`` is raised for an unknown ``topic``.
+    """
     check_topic(topic)
     if len(payload) > MAX_EVENT_BYTES:
         raise DecodeError("too_large", f"{len(payload):,} bytes exceeds {MAX_EVENT_BYTES:,}")
+    try:
+        return _decode(topic, payload)
+    except DecodeError:
+        raise
+    except RecursionError as error:
+        raise DecodeError("too_deep", f"nested too deeply to parse: {error}") from error
+    except Exception as error:  # noqa: BLE001 - any failure of untrusted bytes is a dead letter
+        raise DecodeError("undecodable", f"{type(error).__name__}: {error}") from error
+
+
+def _decode(topic: str, payload: bytes) -> Event:
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -117,7 +144,7 @@ def decode(topic: str, payload: bytes) -> Event:
     if version != SCHEMA_VERSION:
         raise DecodeError(
             "unsupported_schema_version",
-            f"schema_version {version!r} is not {SCHEMA_VERSION}, the version this build reads",
+            f"schema_version {version!r:.80} is not {SCHEMA_VERSION}, the version this build reads",
         )
     try:
         return TOPIC_SCHEMAS[topic].validate_python(document)
@@ -125,5 +152,6 @@ def decode(topic: str, payload: bytes) -> Event:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(root)"
         raise DecodeError(
-            "schema_mismatch", f"{error.error_count()} schema error(s); first at {where}: {first['msg']}"
+            "schema_mismatch",
+            f"{error.error_count()} schema error(s); first at {where:.200}: {first['msg']:.200}",
         ) from error

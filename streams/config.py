@@ -28,9 +28,13 @@ class KafkaSettings(BaseSettings):
     )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics hhh creates.")
     replication_factor: int = Field(default=1, ge=1, description="Replicas of topics hhh creates.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How clients talk to the brokers (Kafka's security.protocol)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; required with a SASL_* security_protocol."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(default=None, description="Never logged.")
     ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify the brokers.")
     session_timeout_ms: int = Field(
@@ -38,8 +42,12 @@ class KafkaSettings(BaseSettings):
         ge=1000,
         description="Group session timeout. A join takes about half of it, so keep it short.",
     )
-    heartbeat_interval_ms: int = Field(default=2000, ge=100)
-    request_timeout_ms: int = Field(default=30000, ge=1000)
+    heartbeat_interval_ms: int = Field(
+        default=2000, ge=100, description="Consumer heartbeat period; at most a third of the session timeout."
+    )
+    request_timeout_ms: int = Field(
+        default=30000, ge=1000, description="How long a client waits for a broker's answer."
+    )
     producer_batch_bytes: int = Field(
         default=1024 * 1024,
         ge=16 * 1024,

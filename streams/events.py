@@ -126,7 +126,11 @@ Criterion = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a
 
 
 class ThumbsFeedback(Event):
-    """A thumbs up or down on one completion. A later vote by the same user replaces it."""
+    """A thumbs up or down on one completion.
+
+    One request, however often retried, is one ``event_id``; a changed vote is a new event, and
+    the user's latest (``created_at``) per completion and criterion is the one that counts.
+    """
 
     type: Literal["thumbs"] = "thumbs"
     completion_id: Id
@@ -141,6 +145,7 @@ class RankingFeedback(Event):
 
     ``ranking`` is a list of tie groups: ``[["a"], ["b", "c"], ["d"]]`` says a is best, b and c
     tie, d is worst. ``unusable`` lists completions flagged as unusable (not ranked at all).
+    Identity as for thumbs: the labeler's latest ranking per prompt and criterion counts.
     """
 
     type: Literal["ranking"] = "ranking"
@@ -206,5 +211,10 @@ class DeadLetterEvent(Event):
     key: str | None = None
     payload: str = Field(description="The original bytes, as text or base64 (see encoding).")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_size: int | None = Field(default=None, ge=0, description="Bytes of the original.")
+    payload_sha256: Sha256 | None = Field(default=None, description="Checksum of the original.")
+    payload_truncated: bool = Field(
+        default=False, description="``payload`` keeps only the start of an oversized original."
+    )
     reason: str
     detail: dict[str, Any] = Field(default_factory=dict)

@@ -15,8 +15,14 @@ EVENTS_REJECTED = Counter(
 )
 EVENTS_DEAD_LETTERED = Counter(
     "hhh_events_dead_lettered_total",
-    "Messages moved to the dead-letter topic by a consumer (undecodable, or the handler failed).",
+    "Messages moved to the dead-letter topic by a consumer: reason is a decode failure"
+    " (streams.codec.DECODE_REASONS) or handler_error.",
     ["topic", "reason"],
+)
+HANDLER_RETRIES = Counter(
+    "hhh_event_handler_retries_total",
+    "Handler failures a consumer retried (a record failing every retry is dead-lettered).",
+    ["group"],
 )
 EVENTS_SKIPPED = Counter(
     "hhh_events_skipped_total",

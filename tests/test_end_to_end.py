@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.serving.test_adapter_swap import Rig, rig, served_by, wait_served  # noqa: F401 (fixture)
+from tests.serving.adapters.test_controller import Rig, rig, served_by, wait_served  # noqa: F401 (fixture)
 from tests.trainer.test_daemon import LENIENT_GATE, daemon_for
-from tests.trainer.test_reward_refresh import politeness_events, publish_all
+from trainer.demo_model.feedback import politeness_events, publish_all
 
 pytestmark = [pytest.mark.vllm, pytest.mark.kafka]
 

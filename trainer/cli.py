@@ -1,39 +1,54 @@
-"""`hhh train [--once]`: the training daemon (`trainer.daemon`), on the embedded defaults or the
-configured event log, adapter store and base model.
+"""`hhh train`: the training daemon (`trainer.daemon`) and its one-part variant, on the embedded
+defaults or the configured event log, adapter store and base model.
 
-Without ``--once`` it runs rounds until interrupted, ``HHH_TRAINER_ROUND_INTERVAL_S`` apart;
-each round's steps are printed when it ends, and Prometheus metrics (`trainer.metrics`) are
-served on ``HHH_TRAINER_METRICS_PORT``. At start-up it re-announces every scope's
-current adapter version (see the daemon's docstring for why).
+- `hhh train` runs rounds until interrupted, ``HHH_TRAINER_ROUND_INTERVAL_S`` apart; each
+  round's steps are printed when it ends, and Prometheus metrics (`trainer.metrics`) are served
+  on ``HHH_TRAINER_METRICS_PORT``. At start-up it re-announces every scope's current adapter
+  version (see the daemon's docstring for why). `--once`: one round, then exit.
+- `hhh train reward` ingests what the event log holds into the dataset store, then refreshes
+  the reward model if enough new pairs arrived (`trainer.reward.refresh`), every
+  ``HHH_REWARD_POLL_INTERVAL_S``. `--once`: one check, then exit: 0 when a version was stored or
+  none was due, 1 when the pairs were refused (the message says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
-from trainer.reward.cli import train_actions
+logger = logging.getLogger(__name__)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Make the bare `hhh train` run the daemon; `--once` runs one round."""
-    train_actions(commands)
-    train = commands.choices["train"]
+    """Add `hhh train` and `hhh train reward`."""
+    train = commands.add_parser(
+        "train", help="train models from the feedback (HHH_TRAINER_*, HHH_REWARD_*, HHH_PPO_*, "
+        "HHH_DPO_*, HHH_GATE_* settings); bare: the daemon",
+    )
     train.add_argument("--once", action="store_true",
                        help="one round (ingest, reward model, PPO, gate, publish, per-user DPO), then exit")
     train.set_defaults(run=_train)
+    actions = train.add_subparsers(dest="train_command", metavar="ACTION")
+    reward = actions.add_parser(
+        "reward",
+        help="ingest new feedback and train a new reward-model version when enough new pairs "
+        "arrived (HHH_REWARD_REFRESH_MIN_NEW_PAIRS); versions go to $HHH_HOME/reward-models/",
+    )
+    reward.add_argument("--once", action="store_true",
+                        help="one round, then exit (1 if the pairs were too few or too one-sided)")
+    reward.set_defaults(run=_train_reward)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
     from serving.adapters.config import AdapterSettings
     from serving.adapters.store import AdapterStore
     from streams.backends import open_event_log
-    from prometheus_client import start_http_server
-
-    from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
-    from trainer.daemon import TrainingDaemon
-    from trainer.gate import GateSettings
     from streams.config import hhh_home
+    from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+    from trainer.daemon import TrainingDaemon
     from trainer.demo_model.build import build_demo_model
     from trainer.reward.refresh import on_policy_base
 
@@ -53,3 +68,27 @@ def _train(args: argparse.Namespace) -> int:
             if args.once:
                 return 0
             time.sleep(settings.round_interval_s)
+
+
+def _train_reward(args: argparse.Namespace) -> int:
+    from streams.backends import open_event_log
+    from trainer.config import RewardSettings, TrainerSettings
+    from trainer.preferences.ingest import ingest_available
+    from trainer.preferences.store import DatasetStore
+    from trainer.reward.refresh import on_policy_base, refresh_reward_model
+
+    trainer_settings = TrainerSettings()
+    settings = on_policy_base(RewardSettings(), trainer_settings.base_model)
+    while True:
+        dataset = DatasetStore(trainer_settings.dataset_path)
+        try:
+            with open_event_log() as event_log:
+                stored = ingest_available(event_log, dataset)
+        finally:
+            dataset.close()
+        logger.info("reward_ingest new_events=%d", stored)
+        outcome = refresh_reward_model(trainer_settings, settings)
+        print(outcome.message, flush=True)
+        if args.once:
+            return 1 if outcome.status == "refused" else 0
+        time.sleep(settings.poll_interval_s)

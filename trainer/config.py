@@ -1,4 +1,6 @@
-"""Settings of the trainer (environment variables ``HHH_TRAINER_*``)."""
+"""Settings of the trainer, one class per part: `TrainerSettings` (``HHH_TRAINER_*``),
+`RewardSettings` (``HHH_REWARD_*``), `PPOSettings` (``HHH_PPO_*``), `DPOSettings` (``HHH_DPO_*``)
+and `GateSettings` (``HHH_GATE_*``)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,16 @@ class TrainerSettings(BaseSettings):
     min_user_pairs: int = Field(
         default=32, ge=1, description="Training pairs of a user's own before they get a personal adapter."
     )
+    min_new_prompts: int = Field(
+        default=32, ge=1,
+        description="A global PPO round runs only if the reward model changed or this many new "
+        "training prompts arrived since the last attempt (or the deployed adapter's data).",
+    )
+    min_new_user_pairs: int = Field(
+        default=8, ge=1,
+        description="A personal round runs only if this many new training pairs of the user's own "
+        "arrived since their last attempt (or their deployed adapter's data).",
+    )
     user_agreement_margin: float = Field(
         default=0.05, ge=0,
         description="A personal adapter is published if it agrees with the user's held-out pairs "
@@ -93,12 +105,12 @@ class RewardSettings(BaseSettings):
     )
     lora_rank: int = Field(default=8, ge=1, description="LoRA rank r.")
     lora_alpha: float = Field(default=16, gt=0, description="LoRA scale numerator (scale = alpha / r).")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA path while training.")
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(LORA_TARGETS), description="Module names that get LoRA."
     )
     learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate (constant).")
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=16, ge=1, description="Pairs per optimiser step.")
     max_tokens_per_forward: int = Field(
@@ -155,11 +167,6 @@ class PPOSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HHH_PPO_", extra="forbid")
 
-    share_base: bool = Field(
-        default=True,
-        description="Policy, reference (and reward model) as named PEFT adapters on one copy of the "
-        "base weights; false: the reference is a separate model (twice the base in memory).",
-    )
     merge_for_rollout: bool = Field(
         default=True,
         description="Sample with the policy adapter merged into a temporary copy of the adapted "
@@ -187,6 +194,12 @@ class PPOSettings(BaseSettings):
     )
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(default=32, ge=1, description="Longest response sampled.")
+    missing_eos_penalty: float = Field(
+        default=1.0, ge=0,
+        description="Subtracted from the score of a response cut by max_new_tokens (normalised "
+        "reward units): the reward model scores a text as if it had ended, so without it a policy "
+        "could gain by rambling into the limit. The gate judges with the same penalty.",
+    )
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (log-probs use the same).")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
     learning_rate: float = Field(
@@ -205,19 +218,31 @@ class PPOSettings(BaseSettings):
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
         default="k1", description="Per-token KL estimator of the reward penalty (see trainer.rl.kl)."
     )
-    kl_coef: float = Field(default=0.05, ge=0, description="β, initial (adaptive) or constant (fixed).")
+    kl_coef: float = Field(
+        default=0.05, ge=0,
+        description="β, constant (fixed) or initial (adaptive). An adaptive round starts from the β "
+        "the deployed adapter ended its round with (its manifest's `kl_beta`); this is the first.",
+    )
     kl_target: float | None = Field(
         default=6.0, gt=0,
         description="Target of the adaptive controller (nats per response); unset: β stays fixed.",
     )
-    kl_horizon: int = Field(default=10_000, ge=1, description="Adaptive controller horizon, in responses.")
+    kl_horizon: int = Field(
+        default=128, ge=1,
+        description="Adaptive controller horizon, in responses: β changes by up to 20 % · n / horizon "
+        "per iteration of n responses. 128 with 64-response iterations: up to ×1.1 per iteration, "
+        "so β more than doubles (1.1⁸ = 2.14) within a round of 8 iterations at a KL far from its "
+        "target (Ziegler et al.'s 10,000 assumed thousands of iterations; a round has a few).",
+    )
     target_approx_kl: float | None = Field(
         default=0.1, gt=0,
         description="Stop an update once a mini-batch's approx KL to the rollout policy exceeds this; unset: never.",
     )
     whiten_advantages: bool = Field(default=True, description="Whiten advantages over each rollout batch.")
     seed: int = Field(default=0, description="Seed of adapter init, sampling and mini-batch order.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads while PPO and the gate run (default: torch's)."
+    )
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> PPOSettings:
@@ -227,11 +252,6 @@ class PPOSettings(BaseSettings):
                 f"num_minibatches={self.num_minibatches} (HHH_PPO_*): pick sizes that divide"
             )
         return self
-
-    @property
-    def minibatch_size(self) -> int:
-        """Responses per optimiser step."""
-        return self.rollout_batch_size // self.num_minibatches
 
 
 class DPOSettings(BaseSettings):
@@ -251,4 +271,52 @@ class DPOSettings(BaseSettings):
     epochs: int = Field(default=3, ge=1, description="Passes over the user's training pairs.")
     max_length: int = Field(default=512, ge=8, description="Tokens per (prompt, response); longer prompts lose their start.")
     seed: int = Field(default=0, description="Seed of adapter init and batch order.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads while DPO runs (default: torch's)."
+    )
+
+
+class GateSettings(BaseSettings):
+    """When a candidate adapter may replace the deployed one (environment ``HHH_GATE_*``;
+    the checks: `trainer.gate`)."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_GATE_", extra="forbid")
+
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1,
+        description="Level of every one-sided confidence bound the gate decides on: a candidate no "
+        "better than the deployed adapter passes the reward test at most 1 − confidence of the time.",
+    )
+    reward_margin: float = Field(
+        default=0.05,
+        description="The lower confidence bound of the paired reward gain (normalised reward units) "
+        "must exceed this.",
+    )
+    kl_budget: float = Field(
+        default=8.0, gt=0, description="Most KL(candidate ‖ deployed), nats per response."
+    )
+    anchor_kl_budget: float = Field(
+        default=24.0, gt=0,
+        description="Most KL(candidate ‖ base model), nats per response: bounds the drift over "
+        "rounds, each of which the per-round budget bounds only against its predecessor.",
+    )
+    agreement_margin: float = Field(
+        default=0.15, ge=0, le=1,
+        description="Non-inferiority margin on held-out human pairs: the lower confidence bound of "
+        "the candidate's change in agreement (share of pairs) must be above −margin.",
+    )
+    min_heldout_pairs: int = Field(
+        default=16, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
+    )
+    samples_per_prompt: int = Field(
+        default=2, ge=1, description="Responses sampled per held-out prompt and adapter, at least."
+    )
+    min_samples: int = Field(
+        default=256, ge=1,
+        description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
+        "are few, so that the reward comparison is not decided by sampling noise.",
+    )
+    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
+    max_prompt_tokens: int = Field(default=256, ge=1, description="Longest prompt, in tokens; longer ones lose their start.")
+    batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")

@@ -6,14 +6,16 @@ A round (`TrainingDaemon.run_round`):
    committed after the rows are stored);
 2. **reward model**: refresh it when enough new pairs arrived (`refresh_reward_model`); without
    any reward-model version the round ends here;
-3. **global PPO** under the ``global`` scope lock: policy and reference start from the adapter
-   deployed for ``global`` now (the base model on the first round), PPO on recent training
+3. **global PPO** under the ``global`` scope lock, only on new evidence (`trainer.evidence`:
+   a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
+   policy and reference start from the adapter deployed for ``global`` now (the base model on
+   the first round), β from where that adapter's round left it, PPO on recent training
    prompts, then the gate (`trainer.gate`) on held-out prompts and pairs; a candidate that
    passes is published (adapter store write, then the ``adapters`` event);
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
-   own, under that user's scope lock: DPO from the deployed global adapter (also the
-   reference), published as ``user:<id>`` if it agrees with the user's held-out pairs better
-   than the global adapter does by ``user_agreement_margin``.
+   own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
+   global adapter (also the reference), published as ``user:<id>`` if it agrees with the
+   user's held-out pairs better than the global adapter does by ``user_agreement_margin``.
 
 Every step's effect is durable before the next begins, and nothing is visible half-written:
 the dataset commits per batch, reward models and adapters are written under a temporary name
@@ -28,10 +30,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,8 +43,9 @@ import torch
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
-from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.gate import GateSettings, measure, pair_preferences, weighted_share
+from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.evidence import AttemptLog, Evidence
+from trainer.gate import measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
 from trainer.metrics import LAST_ROUND, ROUNDS, VERDICTS
 from trainer.preferences.ingest import ingest_available
@@ -50,8 +53,7 @@ from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
 from trainer.reward.versions import RewardModelStore
-from trainer.rl import dpo
-from trainer.rl.dpo import DPOTrainer, load_dpo_stack
+from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
 from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
@@ -71,6 +73,12 @@ class RoundReport:
     def note(self, line: str) -> None:
         logger.info("round %s: %s", self.round_id, line)
         self.steps.append(line)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch on ``threads`` CPU threads from now on (None: leave torch's choice)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 class TrainingDaemon:
@@ -95,6 +103,7 @@ class TrainingDaemon:
         self.ppo = ppo
         self.dpo = dpo_settings
         self.gate = gate
+        self.attempts = AttemptLog(settings.runs_dir)
 
     def announce_current(self) -> None:
         """Re-send every scope's current version (closes a kill between store write and event)."""
@@ -131,13 +140,21 @@ class TrainingDaemon:
 
     def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
         s = self.settings
-        prompts = dataset.prompts("train", eval_percent=s.eval_percent, limit=s.prompt_pool)
+        every_prompt = dataset.prompts("train", eval_percent=s.eval_percent, limit=2**62)
+        prompts = every_prompt[: s.prompt_pool]
         heldout = dataset.prompts("eval", eval_percent=s.eval_percent, limit=s.gate_prompts)
         if len(prompts) < self.ppo.rollout_batch_size or not heldout:
             report.note(f"global: {len(prompts)} training and {len(heldout)} held-out prompts; PPO needs "
                         f"{self.ppo.rollout_batch_size} (HHH_PPO_ROLLOUT_BATCH_SIZE) and at least one")
             return
         deployed = self.adapters.state("global").desired
+        deployed_metrics = self.adapters.get("global", deployed).metrics if deployed else {}
+        evidence = Evidence(RewardModelStore(self.reward.store_dir).latest(), len(every_prompt))
+        since = self.attempts.last("global") or Evidence.from_metrics(deployed_metrics)
+        if why := evidence.lacks_news(since, s.min_new_prompts):
+            report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); no PPO round")
+            return
+        use_threads(self.ppo.threads)
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
             lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
@@ -145,16 +162,16 @@ class TrainingDaemon:
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
-        PPOTrainer(stack, scorer.score, self.ppo, record).train(prompts, s.ppo_iterations)
+        trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
+                             initial_beta=deployed_metrics.get("kl_beta"))
+        trainer.train(prompts, s.ppo_iterations)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
-        decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate)
+        decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
+                           missing_eos_penalty=self.ppo.missing_eos_penalty)
         record.write({"gate": decision.as_metrics()})
-        metrics = {"reward_gain": decision.candidate.reward_mean - decision.deployed.reward_mean,
-                   "reward_mean": decision.candidate.reward_mean,
-                   "kl_to_deployed": decision.kl_to_deployed,
-                   "reward_model_version": float(scorer.version)}
-        if decision.candidate.pair_agreement is not None:
-            metrics["heldout_pair_agreement"] = decision.candidate.pair_agreement
+        self.attempts.record("global", evidence)
+        metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
+                   "kl_beta": trainer.kl_controller.beta}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
                                 decision.reasons, metrics)
 
@@ -172,13 +189,22 @@ class TrainingDaemon:
         self, report: RoundReport, dataset: DatasetStore, user: str, pairs: list[PreferencePair]
     ) -> None:
         scope = f"user:{user}"
-        train, _ = self._texts(dataset, [p for p in pairs if p.split == "train"])
+        train_pairs = [p for p in pairs if p.split == "train"]
+        own = self.adapters.state(scope).desired
+        evidence = Evidence(None, len(train_pairs))
+        since = self.attempts.last(scope) or Evidence.from_metrics(
+            self.adapters.get(scope, own).metrics if own else {})
+        if why := evidence.lacks_news(since, self.settings.min_new_user_pairs):
+            report.note(f"{scope}: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_USER_PAIRS)")
+            return
+        train, _ = self._texts(dataset, train_pairs)
         heldout, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         if len(heldout) < self.gate.min_heldout_pairs:
             report.note(f"{scope}: {len(heldout)} held-out pairs of their own; the gate needs "
                         f"{self.gate.min_heldout_pairs} (HHH_GATE_MIN_HELDOUT_PAIRS)")
             return
         global_version = self.adapters.state("global").desired
+        use_threads(self.dpo.threads)
         stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
         DPOTrainer(stack, self.dpo, record).train(train)
@@ -191,8 +217,9 @@ class TrainingDaemon:
             f"adapter's {reference:.3f} by {self.settings.user_agreement_margin:.3f}"]
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
                                "global": reference, "heldout_pairs": len(heldout)}})
+        self.attempts.record(scope, evidence)
         metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
-                   "global_version": float(global_version or 0)}
+                   "global_version": float(global_version or 0), **evidence.as_metrics()}
         self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,
                                 not reasons, reasons, metrics)
 
@@ -227,10 +254,10 @@ class TrainingDaemon:
     @staticmethod
     def _texts(
         dataset: DatasetStore, pairs: list[PreferencePair]
-    ) -> tuple[list[dpo.PreferencePair], list[float]]:
+    ) -> tuple[list[TextPair], list[float]]:
         """The pairs with their prompt and completion texts, and their weights."""
         texts = dataset.completion_texts({c for p in pairs for c in (p.chosen_id, p.rejected_id)})
-        return ([dpo.PreferencePair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
+        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
                  for p in pairs], [p.weight for p in pairs])
 
     def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:

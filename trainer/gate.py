@@ -1,27 +1,41 @@
-"""The evaluation gate: publish a candidate adapter only if it beats the deployed one.
+"""The evaluation gate: publish a candidate adapter only if it is measurably better than the
+deployed one, and no worse where the policy was not optimised.
 
 Every check runs on data the candidate never trained on — held-out prompts and held-out human
-pairs (the split is by prompt hash, `trainer.preferences.store.split_of`):
+pairs (the split is by prompt hash, `trainer.preferences.store.split_of`) — and every sampled
+comparison is a one-sided test at level ``confidence`` (95 %: `trainer.stats`):
 
-1. **reward**: the mean reward-model score of the candidate's sampled responses minus the
-   deployed adapter's, both on the held-out prompts, must be at least ``reward_margin``
-   (normalised reward units: the reward model's scores have mean 0 and std 1 on its training
-   completions);
-2. **KL budget**: the mean KL(candidate ‖ deployed) per response on the held-out prompts (exact
-   per token over the vocabulary, summed over the response) must be at most ``kl_budget`` nats.
-   A policy that found a flaw of the reward model usually gets there by moving far;
-3. **human pairs**, which the policy was not optimised against: on each held-out human pair,
-   does the adapter find the chosen response more likely than the rejected one, per token
-   (`prefers_chosen`)? The candidate must not lose significantly more of these pairs than it
-   wins against the deployed adapter: McNemar's one-sided test on the discordant pairs,
-   z = (lost − won) / √(lost + won), refuses above ``agreement_z`` (1.645: 5 %). A test
-   rather than a fixed tolerance, because with tens of held-out pairs a few flips are noise.
+1. **reward gain, paired by prompt**: candidate and deployed adapter each answer every held-out
+   prompt k times; per prompt j, D_j = mean reward of the candidate's answers − mean of the
+   deployed's (rewards are the reward model's normalised scores, mean 0 and std 1 on its
+   training completions; a response cut by the token limit loses ``missing_eos_penalty``).
+   Publish only if the lower confidence bound of the mean gain, D̄ − t_{c, m−1}·s_D/√m over the
+   m prompts, exceeds ``reward_margin``. An exact copy of the deployed adapter has a true gain
+   of 0 and passes at most 1 − c of the time (less with a positive margin). Power: with
+   m = 64 prompts and a per-prompt spread s_D = 0.5, a true gain of margin + 0.16 is published
+   80 % of the time (Φ(√m·(Δ − margin)/s_D − t) = 0.8); more prompts or samples per prompt
+   (smaller s_D) detect smaller gains;
+2. **KL budget per round**: the mean KL(candidate ‖ deployed) per response (exact per token
+   over the vocabulary, summed over the response) at most ``kl_budget`` nats. A policy that
+   found a flaw of the reward model usually gets there by moving far;
+3. **KL budget across rounds**: the mean KL(candidate ‖ base model) per response at most
+   ``anchor_kl_budget`` nats. Each round's reference is the previous round's adapter, so (2)
+   alone bounds one step; this bounds the drift of the chain;
+4. **human pairs, non-inferiority**: on each held-out human pair, does the adapter find the
+   chosen response more likely than the rejected one, per token (`prefers_chosen`)? With
+   d_i = candidate's verdict − deployed's (−1, 0 or 1) and the pairs' consensus weights, the
+   candidate is non-inferior if the lower bound of the weighted mean d̄ exceeds
+   −``agreement_margin``: it may not lose more than that share of pairs, beyond noise.
    At least ``min_heldout_pairs`` are needed, else the gate cannot vouch for the candidate and
-   refuses. The weighted share of agreeing pairs is reported beside it.
+   refuses. Power: a candidate as good as the deployed adapter whose verdicts differ on a
+   share q of the N pairs has a standard error ≈ √(q/N) and passes with probability
+   ≈ Φ(agreement_margin/√(q/N) − z_c): for N = 64 and the default margin 0.15, 99.9 % at
+   q = 0.05 and 85 % at q = 0.2; a candidate that reshuffles many pairs needs more of them.
 
 "Deployed" is the reference of the round: the adapter served for the scope now, or the base
 model on the first round. `decide` is pure; `measure` samples and scores with a `PolicyStack`
-whose policy is the candidate and whose reference is the deployed adapter.
+whose policy is the candidate and whose reference is the deployed adapter. The confidence
+bounds go to the run record and to the published adapter's manifest.
 """
 
 from __future__ import annotations
@@ -31,45 +45,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trainer.rl.dpo import PreferencePair, encode_responses
-from trainer.rl.kl import exact_token_kl
+from trainer.config import GateSettings
+from trainer.rl.dpo import TextPair, encode_responses
+from trainer.rl.evaluation import RewardFn, SamplingSpec, evaluate_policy, reference_rewards
 from trainer.rl.models import PolicyStack, causal_lm_outputs, token_logprobs
-from trainer.rl.ppo import RewardFn
-from trainer.rl.rollout import Conversation, sample_rollout
-
-
-class GateSettings(BaseSettings):
-    """When a candidate adapter may replace the deployed one (environment ``HHH_GATE_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="HHH_GATE_", extra="forbid")
-
-    reward_margin: float = Field(
-        default=0.05, description="Least gain in mean normalised reward over the deployed adapter."
-    )
-    kl_budget: float = Field(
-        default=8.0, gt=0, description="Most KL(candidate ‖ deployed), nats per response."
-    )
-    agreement_z: float = Field(
-        default=1.645, gt=0,
-        description="McNemar z above which the candidate's loss of held-out human pairs against "
-        "the deployed adapter is taken as real (one-sided; 1.645: 5 %).",
-    )
-    min_heldout_pairs: int = Field(
-        default=8, ge=1, description="Fewer held-out human pairs: refuse (nothing independent to check)."
-    )
-    samples_per_prompt: int = Field(default=2, ge=1, description="Responses sampled per held-out prompt, at least.")
-    min_samples: int = Field(
-        default=256, ge=1,
-        description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
-        "are few, so that the reward comparison is not decided by sampling noise.",
-    )
-    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
-    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
-    max_prompt_tokens: int = Field(default=256, ge=1)
-    batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")
+from trainer.rl.rollout import Conversation
+from trainer.stats import MeanBound, paired_lower_bound, weighted_lower_bound
 
 
 @dataclass(frozen=True)
@@ -91,49 +73,78 @@ class GateDecision:
     """Why not (empty when `publish`)."""
     candidate: AdapterScores
     deployed: AdapterScores
+    reward_gain: MeanBound | None
+    """Paired reward gain over the held-out prompts; None with fewer than two."""
+    agreement_gain: MeanBound | None
+    """Weighted mean change of the pair verdicts (candidate − deployed); None without pairs."""
     kl_to_deployed: float
-    agreement_drop_z: float | None
-    """McNemar z of pairs lost versus won against the deployed adapter; None without pairs."""
+    kl_to_base: float
     heldout_prompts: int
     heldout_pairs: int
 
     def as_metrics(self) -> dict[str, object]:
-        """A JSON-able summary for the run record and the adapter manifest."""
+        """A JSON-able summary for the run record."""
         return {"publish": self.publish, "reasons": list(self.reasons),
                 "candidate": asdict(self.candidate), "deployed": asdict(self.deployed),
-                "kl_to_deployed": self.kl_to_deployed, "agreement_drop_z": self.agreement_drop_z,
-                "heldout_prompts": self.heldout_prompts,
-                "heldout_pairs": self.heldout_pairs}
+                "reward_gain": asdict(self.reward_gain) if self.reward_gain else None,
+                "agreement_gain": asdict(self.agreement_gain) if self.agreement_gain else None,
+                "kl_to_deployed": self.kl_to_deployed, "kl_to_base": self.kl_to_base,
+                "heldout_prompts": self.heldout_prompts, "heldout_pairs": self.heldout_pairs}
+
+    def manifest_metrics(self) -> dict[str, float]:
+        """The figures a published adapter's manifest carries (finite floats only)."""
+        metrics = {"reward_mean": self.candidate.reward_mean, "kl_to_deployed": self.kl_to_deployed,
+                   "kl_to_base": self.kl_to_base}
+        if self.reward_gain is not None:
+            metrics |= {"reward_gain": self.reward_gain.mean, "reward_gain_lower": self.reward_gain.lower,
+                        "reward_gain_confidence": self.reward_gain.confidence}
+        if self.agreement_gain is not None and self.candidate.pair_agreement is not None:
+            metrics |= {"heldout_pair_agreement": self.candidate.pair_agreement,
+                        "agreement_gain": self.agreement_gain.mean,
+                        "agreement_gain_lower": self.agreement_gain.lower}
+        return metrics
 
 
 def decide(
     candidate: AdapterScores,
     deployed: AdapterScores,
-    kl_to_deployed: float,
     *,
-    agreement_drop_z: float | None,
+    reward_gain: MeanBound | None,
+    agreement_gain: MeanBound | None,
+    kl_to_deployed: float,
+    kl_to_base: float,
     heldout_prompts: int,
     heldout_pairs: int,
     settings: GateSettings,
 ) -> GateDecision:
-    """Apply the three checks of the module docstring; every failing one gives a reason."""
+    """Apply the four checks of the module docstring; every failing one gives a reason."""
     reasons = []
-    gain = candidate.reward_mean - deployed.reward_mean
-    if gain < settings.reward_margin:
-        reasons.append(f"reward gain {gain:+.3f} is below the margin {settings.reward_margin:.3f} "
-                       f"(candidate {candidate.reward_mean:.3f}, deployed {deployed.reward_mean:.3f})")
+    level = f"{settings.confidence:.0%}"
+    if reward_gain is None:
+        reasons.append(f"only {heldout_prompts} held-out prompt(s): a paired bound of the reward "
+                       "gain needs at least 2")
+    elif not reward_gain.lower > settings.reward_margin:
+        reasons.append(
+            f"the {level} lower bound of the reward gain, {reward_gain.lower:+.3f} (mean "
+            f"{reward_gain.mean:+.3f} ± {reward_gain.standard_error:.3f} over {heldout_prompts} "
+            f"prompts), does not exceed the margin {settings.reward_margin:.3f} (candidate "
+            f"{candidate.reward_mean:.3f}, deployed {deployed.reward_mean:.3f})")
     if kl_to_deployed > settings.kl_budget:
         reasons.append(f"KL to the deployed adapter {kl_to_deployed:.2f} nats exceeds the budget "
                        f"{settings.kl_budget:.2f}")
+    if kl_to_base > settings.anchor_kl_budget:
+        reasons.append(f"KL to the base model {kl_to_base:.2f} nats exceeds the budget across rounds "
+                       f"{settings.anchor_kl_budget:.2f} (HHH_GATE_ANCHOR_KL_BUDGET)")
     if heldout_pairs < settings.min_heldout_pairs:
         reasons.append(f"only {heldout_pairs} held-out human pairs; at least "
                        f"{settings.min_heldout_pairs} are needed for an independent check")
-    elif agreement_drop_z is not None and agreement_drop_z > settings.agreement_z:
-        reasons.append(f"agreement with held-out human pairs fell from {deployed.pair_agreement:.3f} "
-                       f"to {candidate.pair_agreement:.3f} (McNemar z {agreement_drop_z:.2f} > "
-                       f"{settings.agreement_z:.2f})")
-    return GateDecision(not reasons, tuple(reasons), candidate, deployed, kl_to_deployed,
-                        agreement_drop_z, heldout_prompts, heldout_pairs)
+    elif agreement_gain is not None and not agreement_gain.lower > -settings.agreement_margin:
+        reasons.append(
+            f"agreement with held-out human pairs is not shown non-inferior: {level} lower bound "
+            f"of the change {agreement_gain.lower:+.3f} ≤ −{settings.agreement_margin:.3f} "
+            f"(from {deployed.pair_agreement:.3f} to {candidate.pair_agreement:.3f})")
+    return GateDecision(not reasons, tuple(reasons), candidate, deployed, reward_gain,
+                        agreement_gain, kl_to_deployed, kl_to_base, heldout_prompts, heldout_pairs)
 
 
 def prefers_chosen(
@@ -155,68 +166,56 @@ def weighted_share(agrees: torch.Tensor, weights: torch.Tensor) -> float:
     return float((weights * agrees.float()).sum() / weights.sum())
 
 
-def mcnemar_z(candidate: torch.Tensor, deployed: torch.Tensor) -> float:
-    """z = (lost − won) / √(lost + won) over (N,) bool verdicts of the same pairs; 0 if none differ.
-
-    lost: pairs the deployed adapter gets right and the candidate wrong; won: the reverse.
-    """
-    lost = int((deployed & ~candidate).sum())
-    won = int((candidate & ~deployed).sum())
-    return (lost - won) / math.sqrt(lost + won) if lost + won else 0.0
-
-
 @torch.no_grad()
 def measure(
     stack: PolicyStack,
     reward_fn: RewardFn,
     prompts: Sequence[Conversation],
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[TextPair],
     pair_weights: Sequence[float],
     settings: GateSettings,
+    *,
+    missing_eos_penalty: float = 0.0,
 ) -> GateDecision:
-    """Sample, score and compare `stack`'s policy (the candidate) with its reference (deployed)."""
+    """Sample, score and compare `stack`'s policy (the candidate) with its reference (deployed).
+
+    ``missing_eos_penalty``: the one PPO trained with (`PPOSettings.missing_eos_penalty`), so
+    that the gate judges the objective the candidate was trained on.
+    """
     if not prompts:
         raise ValueError("the gate needs held-out prompts; none were given")
     if stack.separate_reference is not None:
         raise ValueError("the gate samples the deployed adapter through the shared base; "
                          "load its stack with share_base=True")
-    stack.peft_model.eval()
     per_prompt = max(settings.samples_per_prompt, math.ceil(settings.min_samples / len(prompts)))
-    repeated = [p for p in prompts for _ in range(per_prompt)]
-    candidate_rewards, deployed_rewards, kls = [], [], []
-    for start in range(0, len(repeated), settings.batch_size):
-        chunk = repeated[start : start + settings.batch_size]
-        rollout = sample_rollout(stack, chunk, max_new_tokens=settings.max_new_tokens,
-                                 temperature=settings.temperature,
-                                 max_prompt_tokens=settings.max_prompt_tokens)
-        candidate_rewards.append(reward_fn(rollout.prompts, rollout.responses).float())
-        logits, _ = stack.policy_outputs(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        reference = stack.reference_logits(rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        token_kl = exact_token_kl(logits / settings.temperature, reference / settings.temperature)
-        kls.append((token_kl * rollout.response_mask).sum(1))
-        with stack.reference_active():  # through the deployed adapter: merging is for the policy
-            deployed = sample_rollout(stack, chunk, max_new_tokens=settings.max_new_tokens,
-                                      temperature=settings.temperature,
-                                      max_prompt_tokens=settings.max_prompt_tokens, merged=False)
-        deployed_rewards.append(reward_fn(deployed.prompts, deployed.responses).float())
-    candidate_agreement = deployed_agreement = drop_z = None
+    repeated = [p for p in prompts for _ in range(per_prompt)]  # prompt j's answers are a block
+    spec = SamplingSpec(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                        max_prompt_tokens=settings.max_prompt_tokens, batch_size=settings.batch_size,
+                        missing_eos_penalty=missing_eos_penalty)
+    candidate = evaluate_policy(stack, reward_fn, repeated, spec)
+    deployed_rewards = reference_rewards(stack, reward_fn, repeated, spec)
+    per_prompt_gain = (candidate.rewards - deployed_rewards).view(len(prompts), per_prompt).mean(1)
+    reward_gain = paired_lower_bound(per_prompt_gain, settings.confidence) if len(prompts) >= 2 else None
+    candidate_agreement = deployed_agreement = agreement_gain = None
     if pairs:
         candidate_prefers, deployed_prefers = pair_preferences(stack, pairs, settings)
         weights = torch.tensor(list(pair_weights), dtype=torch.float32)
         candidate_agreement = weighted_share(candidate_prefers, weights)
         deployed_agreement = weighted_share(deployed_prefers, weights)
-        drop_z = mcnemar_z(candidate_prefers, deployed_prefers)
+        agreement_gain = weighted_lower_bound(candidate_prefers.float() - deployed_prefers.float(),
+                                              weights, settings.confidence)
     return decide(
-        AdapterScores(torch.cat(candidate_rewards).mean().item(), candidate_agreement),
-        AdapterScores(torch.cat(deployed_rewards).mean().item(), deployed_agreement),
-        torch.cat(kls).mean().item(), agreement_drop_z=drop_z,
+        AdapterScores(candidate.reward_mean, candidate_agreement),
+        AdapterScores(deployed_rewards.mean().item(), deployed_agreement),
+        reward_gain=reward_gain, agreement_gain=agreement_gain,
+        kl_to_deployed=candidate.kl_mean, kl_to_base=candidate.kl_to_base.mean().item(),
         heldout_prompts=len(prompts), heldout_pairs=len(pairs), settings=settings,
     )
 
 
 @torch.no_grad()
 def pair_preferences(
-    stack: PolicyStack, pairs: Sequence[PreferencePair], settings: GateSettings
+    stack: PolicyStack, pairs: Sequence[TextPair], settings: GateSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(policy's, reference's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one)."""
     if not pairs:

@@ -10,13 +10,14 @@ because the embedded event log has no group rebalancing to lean on.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from common.files import exclusive_lock
 
 
 class ScopeBusy(RuntimeError):
@@ -29,14 +30,11 @@ def scope_lock(lock_dir: Path, scope: str) -> Iterator[None]:
     lock_dir.mkdir(parents=True, exist_ok=True)
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", scope)[:64]
     path = lock_dir / f"{readable}-{hashlib.sha256(scope.encode()).hexdigest()[:8]}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = held.enter_context(exclusive_lock(path, blocking=False))
         except BlockingIOError:
             raise ScopeBusy(f"another trainer is training scope {scope!r} (lock {path})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
-    finally:
-        os.close(fd)  # closing releases the lock

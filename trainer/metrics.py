@@ -1,7 +1,7 @@
 """The trainer's Prometheus metrics, served by `hhh train` on ``HHH_TRAINER_METRICS_PORT``.
 
 One module, so that the deploy files can be checked against what is exported
-(`tests/test_deploy.py`).
+(`tests/deploy/test_monitoring.py`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from common.errors import UserError
 from serving.adapters.config import AdapterSettings
 from serving.adapters.store import ADAPTER_CONFIG, AdapterRefused, AdapterStore, Manifest
 
@@ -75,13 +76,13 @@ def _publish(args: argparse.Namespace) -> int:
         try:
             metrics[name] = float(value)
         except ValueError:
-            raise ValueError(f"--metric {item!r} must be NAME=NUMBER") from None
+            raise UserError(f"--metric {item!r} must be NAME=NUMBER") from None
     base_model = args.base_model or AdapterSettings().base_model_dir or _base_of(args.source)
     try:
         manifest = _store().publish(args.source, args.scope, base_model=base_model,
                                     parent=args.parent, metrics=metrics)
     except AdapterRefused as error:
-        raise ValueError(f"{args.source} refused: {error}") from None
+        raise UserError(f"{args.source} refused: {error}") from None
     return _announce(manifest, "published")
 
 
@@ -89,7 +90,7 @@ def _base_of(source: Path) -> Path:
     config_path = source / ADAPTER_CONFIG
     recorded = json.loads(config_path.read_text()).get("base_model_name_or_path") if config_path.is_file() else None
     if not recorded or not Path(recorded).is_dir():
-        raise ValueError(
+        raise UserError(
             f"{source}: its base_model_name_or_path {recorded!r} is not a folder here; pass --base-model DIR"
         )
     return Path(recorded)

@@ -52,8 +52,17 @@ from streams.log import EventLog
 log = logging.getLogger(__name__)
 
 _ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=120.0)  # a LoRA's first request warms it up: seconds
-_TRANSIENT = frozenset({"no_engine", "engine_error", "no_base_model"})
-"""Refusal reasons that say nothing about the adapter: retried on the next poll, not recorded."""
+
+
+class SwapDeferred(Exception):
+    """A swap that cannot happen now for a reason that says nothing about the adapter: no engine
+    is up, an engine did not answer, the served base model is not known yet. Unlike
+    `AdapterRefused` (the adapter is bad: recorded, never retried) it is retried on the next poll."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class HotSwapController:
@@ -85,6 +94,10 @@ class HotSwapController:
         """Label (``global@3``) -> why this replica refused it."""
         self.caught_up = asyncio.Event()
         """Set once the topic has been read to its end after start."""
+        self.last_event: str | None = None
+        """The last event applied (``global@3``), for /readyz."""
+        self.last_error: str | None = None
+        """The last failure while applying an event (the event and why), for /readyz."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -134,7 +147,10 @@ class HotSwapController:
                 for record in records:
                     assert isinstance(record.event, AdapterPublishedEvent)
                     latest[record.event.scope] = record.event
-                await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()))
+                outcomes = await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()),
+                                                return_exceptions=True)
+                for event, outcome in zip(latest.values(), outcomes, strict=True):
+                    self._note_outcome(event, outcome)
                 if records:
                     await asyncio.to_thread(consumer.commit)
                 elif not self.caught_up.is_set():
@@ -142,6 +158,19 @@ class HotSwapController:
                     self.caught_up.set()
         finally:
             await asyncio.to_thread(_close, consumer, event_log)
+
+    def _note_outcome(self, event: AdapterPublishedEvent, outcome: BaseException | None) -> None:
+        """Record how applying ``event`` went; a failure stays with that event, never ends the
+        controller (one bad event must not stop this replica from swapping ever again)."""
+        self.last_event = f"{event.scope}@{event.version}"
+        if outcome is None:
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+        self.last_error = f"{self.last_event}: {type(outcome).__name__}: {outcome}"
+        metrics.ADAPTER_REFUSED.labels(reason="controller_error").inc()
+        log.error("applying %s failed; the controller goes on with the next event",
+                  self.last_event, exc_info=outcome)
 
     async def _isolate_base(self) -> None:
         """Before the first adapter: route base-model traffic through the null adapter, and wait
@@ -207,11 +236,13 @@ class HotSwapController:
             await self._load_everywhere(name, folder)
             await self._canary_everywhere(name)
             return True
-        except AdapterRefused as refusal:
-            if refusal.reason in _TRANSIENT:
-                log.warning("%s@%d not swapped in yet: %s; retrying", scope, version, refusal)
-                self._retry[scope] = event
-                return False
+        except SwapDeferred as deferred:
+            log.warning("%s@%d not swapped in yet: %s; retrying", scope, version, deferred)
+            self._retry[scope] = event
+            return False
+        except Exception as error:  # noqa: BLE001 - anything else refuses this version only
+            refusal = error if isinstance(error, AdapterRefused) else AdapterRefused(
+                "internal_error", f"{type(error).__name__}: {error}")
             await self._refuse(scope, version, refusal)
             live = self.router.live().get(scope)
             if live is None or live.engine_model != name:
@@ -233,7 +264,7 @@ class HotSwapController:
             return self.settings.base_model_dir
         roots = {engine.base_model_root for engine in self._pool.engines if engine.up}
         if len(roots) != 1 or None in roots:
-            raise AdapterRefused("no_base_model", f"cannot tell the served base model folder from the engines "
+            raise SwapDeferred("no_base_model", f"cannot tell the served base model folder from the engines "
                                  f"(roots {sorted(map(str, roots))}); set HHH_ADAPTERS_BASE_MODEL_DIR")
         return Path(roots.pop())
 
@@ -244,7 +275,7 @@ class HotSwapController:
         self.refused[f"{scope}@{version}"] = record
         try:
             await asyncio.to_thread(self.store.record_refusal, scope, version, record)
-        except OSError:
+        except Exception:  # noqa: BLE001 - the refusal stands in memory and in the log
             log.exception("could not record the refusal of %s@%d in the store", scope, version)
 
     # -- engines -------------------------------------------------------------------------------
@@ -252,7 +283,7 @@ class HotSwapController:
     def _engines(self) -> list[Engine]:
         engines = [engine for engine in self._pool.engines if engine.up]
         if not engines:
-            raise AdapterRefused("no_engine", str(self._pool.unavailable()))
+            raise SwapDeferred("no_engine", str(self._pool.unavailable()))
         return engines
 
     async def _load_everywhere(self, name: str, folder: Path) -> None:
@@ -261,7 +292,7 @@ class HotSwapController:
     async def _load(self, engine: Engine, name: str, folder: Path) -> None:
         body = {"lora_name": name, "lora_path": str(folder)}
         status, text = await self._post(engine, "/v1/load_lora_adapter", body)
-        if status != 200 and not (status == 400 and "already been loaded" in text):
+        if status != 200 and name not in await self._served_models(engine):  # loaded before a restart
             raise AdapterRefused("load_failed", f"{engine.url} refused to load it ({status}): {text[:500]}")
         self._loaded[engine.url].add(name)
         metrics.ADAPTERS_LOADED.labels(engine=engine.url).set(len(self._loaded[engine.url]))
@@ -272,7 +303,7 @@ class HotSwapController:
                 continue
             try:
                 status, text = await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": name})
-            except AdapterRefused as error:
+            except SwapDeferred as error:
                 log.warning("could not unload %s from %s: %s", name, engine.url, error)
                 continue
             if status not in (200, 404):
@@ -281,21 +312,28 @@ class HotSwapController:
             self._loaded[engine.url].discard(name)
             metrics.ADAPTERS_LOADED.labels(engine=engine.url).set(len(self._loaded[engine.url]))
 
+    async def _served_models(self, engine: Engine) -> dict[str, str | None]:
+        """Model id -> its parent (None for the base model) of what ``engine`` serves now."""
+        try:
+            async with self._pool.session.get(f"{engine.url}/v1/models", timeout=_ADMIN_TIMEOUT) as response:
+                return {model["id"]: model.get("parent") for model in (await response.json())["data"]}
+        except (*ENGINE_ERRORS, KeyError, TypeError, ValueError) as error:
+            raise SwapDeferred("engine_error", f"could not list the models of {engine.url}: {error}") from error
+
     async def _unload_leftovers(self) -> None:
         """Unload this replica's adapters that engines still hold from before a restart."""
         live = {route.engine_model for route in self.router.live().values()} | {self.null_name}
         prefix = f"hhh-{self.replica}-"
         for engine in self._pool.engines:
             try:
-                async with self._pool.session.get(f"{engine.url}/v1/models", timeout=_ADMIN_TIMEOUT) as response:
-                    models = (await response.json())["data"]
-            except (*ENGINE_ERRORS, KeyError, ValueError) as error:
-                log.warning("could not list the adapters of %s: %s", engine.url, error)
+                models = await self._served_models(engine)
+            except SwapDeferred as error:
+                log.warning("%s", error)
                 continue
-            for model in models:
-                if model.get("parent") is not None and model["id"].startswith(prefix) and model["id"] not in live:
-                    self._loaded[engine.url].add(model["id"])
-                    await self._unload_everywhere(model["id"])
+            for model_id, parent in models.items():
+                if parent is not None and model_id.startswith(prefix) and model_id not in live:
+                    self._loaded[engine.url].add(model_id)
+                    await self._unload_everywhere(model_id)
 
     async def _canary_everywhere(self, name: str) -> None:
         """The first request through a new adapter also warms it up (seconds on CPU, once)."""
@@ -330,7 +368,7 @@ class HotSwapController:
             async with self._pool.session.post(f"{engine.url}{path}", json=body, timeout=_ADMIN_TIMEOUT) as response:
                 return response.status, await response.text()
         except ENGINE_ERRORS as error:
-            raise AdapterRefused("engine_error", f"{engine.url}{path}: {type(error).__name__}: {error}") from error
+            raise SwapDeferred("engine_error", f"{engine.url}{path}: {type(error).__name__}: {error}") from error
 
 
 def _close(consumer: object, event_log: EventLog) -> None:

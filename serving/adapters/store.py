@@ -22,7 +22,6 @@ holds what the scope should serve (``current``: the last version announced; ``pi
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.errors import UserError
+from common.files import exclusive_lock, sha256_file, write_atomically
 from streams.events import SCOPE_PATTERN, Sha256, utc_now
 
 MANIFEST = "manifest.json"
@@ -46,7 +47,7 @@ _VERSION_DIR = re.compile(r"^v(\d{6})$")
 _IGNORED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 
 
-class AdapterRefused(ValueError):
+class AdapterRefused(UserError):
     """An adapter version that must not be served; ``reason`` is a metric label."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -115,14 +116,6 @@ class VersionInfo(BaseModel):
     current: bool
     pinned: bool
     refusals: list[Refusal]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_model_fingerprint(model_dir: Path) -> str:
@@ -217,12 +210,12 @@ def check_compatible(
 def scope_dir_parts(scope: str) -> tuple[str, ...]:
     """``global`` -> (global,), ``user:ann`` -> (user, ann); refuses anything else."""
     if not SCOPE_PATTERN.match(scope):
-        raise ValueError(f"scope {scope!r} is not 'global' or 'user:<id>' (id: letters, digits, ._@-)")
+        raise UserError(f"scope {scope!r} is not 'global' or 'user:<id>' (id: letters, digits, ._@-)")
     if scope == "global":
         return ("global",)
     user = scope.removeprefix("user:")
     if user in (".", ".."):
-        raise ValueError(f"user id {user!r} is not allowed in a scope")
+        raise UserError(f"user id {user!r} is not allowed in a scope")
     return ("user", user)
 
 
@@ -249,7 +242,7 @@ class AdapterStore:
         ``base_model``: folder of the base model it was trained on (its config hash goes into
         the manifest; its module names must match the adapter's targets). ``parent``: the
         version it was trained from (default: the scope's current version). The new version
-        becomes ``current``. Raises ``AdapterRefused`` (nothing is stored) or ``ValueError``.
+        becomes ``current``. Raises ``AdapterRefused`` (nothing is stored) or ``UserError``.
         """
         source_dir = Path(source_dir)
         scope_dir = self._scope_dir(scope)
@@ -265,7 +258,7 @@ class AdapterStore:
             with self._locked(scope):
                 state = self._state(scope)
                 if parent is not None and not (scope_dir / _version_name(parent)).is_dir():
-                    raise ValueError(f"parent version {parent} of {scope} is not in the store")
+                    raise UserError(f"parent version {parent} of {scope} is not in the store")
                 version = max(self._versions(scope), default=0) + 1
                 manifest = Manifest(
                     scope=scope, version=version, base_model=Path(base_model).name,
@@ -286,12 +279,12 @@ class AdapterStore:
         with self._locked(scope):
             state = self._state(scope)
             if state.pinned is not None:
-                raise ValueError(f"{scope} is pinned to version {state.pinned}; unpin it first")
+                raise UserError(f"{scope} is pinned to version {state.pinned}; unpin it first")
             if to is None:
                 refused = {v for v in self._versions(scope) if self.refusals(scope, v)}
                 earlier = [v for v in self._versions(scope) if v < (state.current or 0) and v not in refused]
                 if not earlier:
-                    raise ValueError(f"{scope} has no earlier unrefused version than {state.current}")
+                    raise UserError(f"{scope} has no earlier unrefused version than {state.current}")
                 to = max(earlier)
             manifest = self.get(scope, to)
             state.current = to
@@ -304,7 +297,7 @@ class AdapterStore:
             state = self._state(scope)
             version = version or state.current
             if version is None:
-                raise ValueError(f"{scope} has no version to pin; publish one first")
+                raise UserError(f"{scope} has no version to pin; publish one first")
             manifest = self.get(scope, version)
             state.pinned = version
             self._write_state(scope, state)
@@ -315,11 +308,11 @@ class AdapterStore:
         with self._locked(scope):
             state = self._state(scope)
             if state.pinned is None:
-                raise ValueError(f"{scope} is not pinned")
+                raise UserError(f"{scope} is not pinned")
             state.pinned = None
             self._write_state(scope, state)
             if state.current is None:
-                raise ValueError(f"{scope} has no current version")
+                raise UserError(f"{scope} has no current version")
             return self.get(scope, state.current)
 
     def record_refusal(self, scope: str, version: int, refusal: Refusal) -> None:
@@ -327,7 +320,7 @@ class AdapterStore:
         folder = self._scope_dir(scope) / "refusals"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_version_name(version)}.{refusal.replica}.json"
-        _write_atomically(path, refusal.model_dump_json())
+        write_atomically(path, refusal.model_dump_json())
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -425,25 +418,15 @@ class AdapterStore:
         return ScopeState.model_validate_json(path.read_bytes()) if path.is_file() else ScopeState()
 
     def _write_state(self, scope: str, state: ScopeState) -> None:
-        _write_atomically(self._scope_dir(scope) / "state.json", state.model_dump_json())
+        write_atomically(self._scope_dir(scope) / "state.json", state.model_dump_json())
 
     @contextmanager
     def _locked(self, scope: str) -> Iterator[None]:
         folder = self._scope_dir(scope)
         folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(folder / ".lock"):
+            yield
 
 
 def _version_name(version: int) -> str:
     return f"v{version:06d}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    staging.write_text(text)
-    os.replace(staging, path)

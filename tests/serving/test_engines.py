@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from serving.engines import EnginePool, EngineUnavailable
-from streams.tansu import free_port
+from common.processes import free_port
 
 
 async def models(_: web.Request) -> web.Response:

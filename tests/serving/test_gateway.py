@@ -90,6 +90,7 @@ def test_a_stream_without_include_usage_gets_no_usage_chunk(gateway: RunningGate
     chunks = list(client(gateway).chat.completions.create(
         model="hhh", messages=QUESTION, max_tokens=4, stream=True
     ))
+    assert chunks and chunks[-1].choices[0].finish_reason is not None, "the stream did not finish"
     assert all(chunk.choices and chunk.usage is None for chunk in chunks)
 
 
@@ -263,7 +264,7 @@ def test_metrics_carry_the_labels_operators_query(gateway: RunningGateway) -> No
 
 
 def test_a_dead_engine_in_the_list_is_skipped(vllm_engine, tmp_path) -> None:  # noqa: ANN001
-    from streams.tansu import free_port
+    from common.processes import free_port
     from tests.fixtures.gateway import start_gateway
 
     dead = f"http://127.0.0.1:{free_port()}"

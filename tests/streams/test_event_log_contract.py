@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client import REGISTRY
@@ -27,7 +30,7 @@ from streams.events import (
     SamplingParams,
     ThumbsFeedback,
 )
-from streams.log import EventConsumer, EventLog, Record
+from streams.log import Batch, EventConsumer, EventLog, Record
 
 
 def thumbs(i: int, user: str = "alice") -> ThumbsFeedback:
@@ -72,6 +75,22 @@ def drain(consumer: EventConsumer, quiet_s: float = 1.0) -> list[Record]:
 
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def letter_bytes(letter: DeadLetterEvent) -> bytes:
+    """The original bytes a dead letter kept."""
+    if letter.payload_encoding == "base64":
+        return base64.b64decode(letter.payload, validate=True)
+    return letter.payload.encode("utf-8")
+
+
+def handle_until_quiet(consumer: EventConsumer, handler, **options: object) -> list[Batch]:  # noqa: ANN001
+    """Run ``consumer.handle`` until a poll is quiet; the batches it fetched before."""
+    consumer.wait_for_assignment()
+    batches = []
+    while not (batch := consumer.handle(handler, **options)).quiet:
+        batches.append(batch)
+    return batches
 
 
 def test_every_topic_round_trips_its_event(event_log: EventLog) -> None:
@@ -242,7 +261,11 @@ def test_bad_events_are_refused_at_publish_and_counted(event_log: EventLog) -> N
         (b'{"schema_version": 99, "type": "thumbs"}', "unsupported_schema_version"),
         (b'{"schema_version": 1, "type": "thumbs", "vote": "sideways"}', "schema_mismatch"),
         (b"[1, 2]", "schema_mismatch"),
+        (b"[" * 200_000 + b"]" * 200_000, "too_deep"),  # 400 KB: RecursionError in the parser
+        (b'{"schema_version": 1, "type": "thumbs", "vote": "\xff"}', "invalid_json"),
+        (b"x" * (MAX_EVENT_BYTES + 1), "too_large"),
     ],
+    ids=["not-json", "binary", "version", "schema", "array", "deep", "bad-utf8", "too-large"],
 )
 def test_undecodable_messages_go_to_dead_letters_and_others_flow(
     event_log: EventLog, payload: bytes, reason: str
@@ -264,8 +287,16 @@ def test_undecodable_messages_go_to_dead_letters_and_others_flow(
     assert isinstance(letter, DeadLetterEvent)
     assert (letter.source_topic, letter.reason, letter.key) == (FEEDBACK, reason, "alice")
     assert letter.source_offset == records[0].offset + 1
-    original = payload.decode() if letter.payload_encoding == "utf-8" else None
-    assert original is None or letter.payload == original
+    assert (letter.payload_size, letter.payload_sha256) == (
+        len(payload), hashlib.sha256(payload).hexdigest()
+    )
+    assert letter_bytes(letter) == payload[: len(letter_bytes(letter))]
+    if len(payload) > MAX_EVENT_BYTES:  # the letter must fit the limit itself: it keeps the start
+        assert letter.payload_truncated and letter.payload_encoding == "base64"
+        assert len(letter_bytes(letter)) == 512 * 1024
+    else:
+        assert not letter.payload_truncated and letter_bytes(letter) == payload
+        assert letter.payload_encoding == ("base64" if b"\xff" in payload else "utf-8")
 
     skipped_before = counter("hhh_events_skipped_total", topic=FEEDBACK, reason=reason)
     with event_log.consumer(None, [FEEDBACK]) as reader:  # re-reading repeats no dead letter
@@ -282,13 +313,14 @@ def test_a_handler_that_keeps_raising_dead_letters_only_its_record(event_log: Ev
     event_log.flush()
     poisoned = events[2].event_id
     handled: list[str] = []
-    attempts: list[str] = []
+    attempts: list[list[str]] = []
 
-    def handler(record: Record) -> None:
-        attempts.append(record.event.event_id)
-        if record.event.event_id == poisoned:
+    def handler(batch: Sequence[Record]) -> None:  # all or nothing, like a transaction
+        ids = [record.event.event_id for record in batch]
+        attempts.append(ids)
+        if poisoned in ids:
             raise ValueError("cannot store this one")
-        handled.append(record.event.event_id)
+        handled.extend(ids)
 
     with event_log.consumer("handler", [FEEDBACK]) as consumer:
         deadline = time.monotonic() + 30
@@ -296,11 +328,68 @@ def test_a_handler_that_keeps_raising_dead_letters_only_its_record(event_log: Ev
             assert time.monotonic() < deadline
             consumer.handle(handler, timeout_s=0.5)
     assert handled == [e.event_id for e in events if e.event_id != poisoned]
-    assert attempts.count(poisoned) == 3
+    assert attempts.count([poisoned]) == 3  # tried alone three times before it was given up
 
     with event_log.consumer("handler", [FEEDBACK]) as consumer:  # all committed
         assert drain(consumer, quiet_s=0.5) == []
     with event_log.consumer(None, [DEAD_LETTERS]) as reader:
         (letter,) = [r.event for r in consume(reader, 1)]
+        assert drain(reader, quiet_s=0.5) == []
     assert letter.reason == "handler_error"
     assert "ValueError: cannot store this one" in letter.detail["message"]
+    assert letter_bytes(letter) == events[2].model_dump_json().encode()
+
+
+def test_a_poll_of_only_dead_letters_is_not_quiet_and_is_committed_past(event_log: EventLog) -> None:
+    before = counter("hhh_events_dead_lettered_total", topic=FEEDBACK, reason="invalid_json")
+    for i in range(1000):  # one key: one partition, the bad messages before every good one
+        event_log.publish_bytes(FEEDBACK, "alice", b"{not json %d" % i)
+    good = [thumbs(i) for i in range(50)]
+    for event in good:
+        event_log.publish(FEEDBACK, "alice", event)
+    event_log.flush()
+
+    handled: list[str] = []
+    with event_log.consumer("poison", [FEEDBACK]) as consumer:
+        batches = handle_until_quiet(
+            consumer, lambda batch: handled.extend(r.event.event_id for r in batch),
+            max_records=100, timeout_s=1.0,
+        )
+    assert any(not b.records and b.rejected for b in batches)  # what used to look "quiet"
+    assert sum(b.rejected for b in batches) == 1000
+    assert handled == [e.event_id for e in good]
+    assert counter("hhh_events_dead_lettered_total", topic=FEEDBACK, reason="invalid_json") == before + 1000
+
+    with event_log.consumer("poison", [FEEDBACK]) as consumer:  # committed past all of them
+        assert handle_until_quiet(consumer, lambda b: pytest.fail(f"re-read {len(b)}"), timeout_s=0.5) == []
+    with event_log.consumer(None, [DEAD_LETTERS]) as reader:
+        letters = consume(reader, 1000)
+        assert drain(reader, quiet_s=0.5) == []  # each bad message dead-lettered once
+    assert sorted(letter_bytes(r.event) for r in letters) == sorted(b"{not json %d" % i for i in range(1000))
+
+
+def test_a_failing_environment_is_raised_and_nothing_is_dead_lettered(event_log: EventLog) -> None:
+    events = [thumbs(i) for i in range(3)]
+    for event in events:
+        event_log.publish(FEEDBACK, "alice", event)
+    event_log.flush()
+    tried: list[int] = []
+
+    def disk_full(batch: Sequence[Record]) -> None:
+        tried.append(len(batch))
+        raise OSError(28, "No space left on device")
+
+    with event_log.consumer("fatal", [FEEDBACK]) as consumer:
+        consumer.wait_for_assignment()
+        deadline = time.monotonic() + 30
+        with pytest.raises(OSError, match="No space left"):
+            while time.monotonic() < deadline:
+                consumer.handle(disk_full, timeout_s=0.5, retry_backoff_s=0.0, fatal=(OSError,))
+    assert len(tried) == 3  # retried, not split into records to dead-letter one by one
+
+    handled: list[str] = []
+    with event_log.consumer("fatal", [FEEDBACK]) as consumer:  # nothing was committed
+        handle_until_quiet(consumer, lambda b: handled.extend(r.event.event_id for r in b), timeout_s=0.5)
+    assert sorted(handled) == sorted(e.event_id for e in events)
+    with event_log.consumer(None, [DEAD_LETTERS]) as reader:
+        assert drain(reader, quiet_s=0.5) == []

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from streams.codec import ADAPTERS, FEEDBACK, DecodeError, decode, encode
+from streams.codec import (
+    ADAPTERS,
+    DECODE_REASONS,
+    FEEDBACK,
+    TOPIC_SCHEMAS,
+    DecodeError,
+    decode,
+    encode,
+)
 from streams.events import AdapterPublishedEvent, AdapterRef, RankingFeedback, ThumbsFeedback
 
 
@@ -70,3 +82,46 @@ def test_a_newer_schema_version_is_refused_not_guessed() -> None:
     with pytest.raises(DecodeError, match="schema_version 2 is not 1") as refused:
         decode(FEEDBACK, payload.replace(b'"schema_version":1', b'"schema_version":2'))
     assert refused.value.reason == "unsupported_schema_version"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def feedback_like(value: object) -> bytes:
+    """A thumbs event whose fields (or an extra one) hold ``value``."""
+    document = {"schema_version": 1, "type": "thumbs", "completion_id": value, "user_id": "u",
+                "vote": "up", "comment": value}
+    return json.dumps(document).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=st.sampled_from(sorted(TOPIC_SCHEMAS)),
+    payload=st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode())
+    | JSON_VALUES.map(feedback_like),
+)
+def test_decode_raises_only_decode_errors_with_a_known_reason(topic: str, payload: bytes) -> None:
+    try:
+        decode(topic, payload)
+    except DecodeError as error:
+        assert error.reason in DECODE_REASONS and str(error)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[" * 200_000 + b"]" * 200_000, "too_deep"),
+        (b'{"schema_version": 1, "comment": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001, "too_deep"),
+        (b'{"schema_version": ' + b"9" * 5000 + b"}", "undecodable"),  # int longer than Python parses
+        (feedback_like("\ud800"), "schema_mismatch"),  # a string SQLite could not store
+    ],
+    ids=["array", "object", "huge-int", "lone-surrogate"],
+)
+def test_hostile_payloads_are_decode_errors_with_their_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as refused:
+        decode(FEEDBACK, payload)
+    assert refused.value.reason == reason

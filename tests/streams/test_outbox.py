@@ -20,7 +20,8 @@ from streams.kafka_log import KafkaEventLog
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
 from streams.sqlite_log import SqliteEventLog
-from streams.tansu import TansuBroker, free_port
+from common.processes import free_port
+from tests.fixtures.tansu import TansuBroker
 from tests.streams.test_event_log_contract import drain
 
 REPO = Path(__file__).resolve().parents[2]

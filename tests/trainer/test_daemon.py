@@ -2,7 +2,7 @@
 reward model → a PPO round on the global adapter → the gate → a published adapter version and
 its `adapters` event; then a round against that version, refused over a tight KL budget.
 
-That PPO raises the reward is `tests/trainer/test_ppo_trainer.py`'s test; here the first gate
+That PPO raises the reward is `tests/trainer/rl/test_ppo.py`'s test; here the first gate
 is lenient, so the test is about the round's plumbing, records and verdicts.
 """
 
@@ -22,16 +22,15 @@ from serving.adapters.store import AdapterStore
 from streams.codec import ADAPTERS
 from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
-from tests.trainer.test_reward_refresh import publish_all, politeness_events
-from trainer.config import DPOSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.demo_model.feedback import politeness_events, publish_all
+from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.daemon import TrainingDaemon
-from trainer.gate import GateSettings
 from trainer.metrics import VERDICTS
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "agreement_z": 1e6}
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0}
 """A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
 
 
@@ -70,6 +69,7 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert {key.split("/")[0] for key in manifest.trained_on} == {"completions", "feedback"}
     assert sum(manifest.trained_on.values()) == 540  # every offset of the log, from 0
     assert manifest.metrics["reward_model_version"] == 1.0
+    assert {"reward_gain_lower", "kl_to_base", "train_examples", "kl_beta"} <= set(manifest.metrics)
     assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
     with event_log.consumer(None, [ADAPTERS]) as reader:
         events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
@@ -78,13 +78,23 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert [entry["kind"] for entry in run] == ["ppo"] * 4  # three iterations and the verdict
     assert run[-1]["gate"]["publish"] is True
 
-    # A second round trains against the version now deployed; over a tight KL budget it is refused.
+    # Nothing new arrived: the next round does not optimise the same reward model again.
     tight = daemon_for(tmp_path, tiny_model_dir, event_log, kl_budget=1e-3)
     second = tight.run_round()
     assert second.published == [], second.steps
     assert "reward model: version 1 is current" in second.steps[1]  # no new pairs: no retraining
-    assert any("exceeds the budget" in step for step in second.steps), second.steps
+    assert ("global: nothing new to train on: the reward model (version 1) is unchanged and 0 new "
+            "training examples arrived, 32 are needed") in second.steps[-1], second.steps
+    assert not any("exceeds the budget" in step for step in second.steps)
+
+    # New prompts: a round trains against the version now deployed, from the β that version's
+    # round ended with; over a tight KL budget it is refused.
+    publish_all(event_log, politeness_events(range(120, 200)))
+    third = tight.run_round()
+    assert third.published == [], third.steps
+    assert any("exceeds the budget" in step for step in third.steps), third.steps
     assert [m.version for m in (v.manifest for v in tight.adapters.list("global"))] == [1]
+    assert tight.run_round().steps[-1].startswith("global: nothing new to train on"), "refused: not retried"
     event_log.close()
 
 
@@ -105,7 +115,8 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
         "HHH_REWARD_EPOCHS": "2", "HHH_REWARD_MAX_LENGTH": "96", "HHH_REWARD_THREADS": "2",
         "HHH_PPO_ROLLOUT_BATCH_SIZE": "16", "HHH_PPO_NUM_MINIBATCHES": "2", "HHH_PPO_PPO_EPOCHS": "2",
         "HHH_PPO_MAX_NEW_TOKENS": "12", "HHH_PPO_LEARNING_RATE": "2e-3",
-        "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_Z": "1e6",
+        "HHH_GATE_REWARD_MARGIN": "-100", "HHH_GATE_KL_BUDGET": "1e6", "HHH_GATE_AGREEMENT_MARGIN": "1",
+        "HHH_GATE_ANCHOR_KL_BUDGET": "1e6",
         "HHH_GATE_SAMPLES_PER_PROMPT": "1", "HHH_GATE_MIN_SAMPLES": "1","HHH_GATE_MAX_NEW_TOKENS": "12",
         "HHH_GATE_MIN_HELDOUT_PAIRS": "4",
     }

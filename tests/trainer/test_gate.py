@@ -7,27 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.rl_helpers import (
+from tests.trainer.rl.helpers import (
     heldout_conversations,
     move_policy,
     polite_reward,
     training_prompts,
     write_deployed_adapter,
 )
-from trainer.config import PPOSettings
-from trainer.gate import (
-    AdapterScores,
-    GateSettings,
-    decide,
-    mcnemar_z,
-    measure,
-    prefers_chosen,
-    weighted_share,
-)
-from trainer.rl.dpo import PreferencePair
+from trainer.config import GateSettings, PPOSettings
+from trainer.gate import AdapterScores, GateDecision, decide, measure, prefers_chosen, weighted_share
+from trainer.rl.dpo import TextPair
 from trainer.rl.models import load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.rollout import sample_rollout
+from trainer.stats import MeanBound
 
 SETTINGS = GateSettings(reward_margin=0.1, kl_budget=5.0, min_heldout_pairs=4)
 
@@ -47,45 +40,47 @@ def test_pair_agreement_matches_a_plain_loop() -> None:
     assert weighted_share(agrees, weights) == pytest.approx(agreeing / total, rel=1e-6)
 
 
-def test_mcnemar_z_counts_only_the_pairs_that_changed() -> None:
-    deployed = torch.tensor([True] * 30 + [False] * 10)
-    candidate = deployed.clone()
-    assert mcnemar_z(candidate, deployed) == 0.0
-    candidate[:9] = False  # 9 lost
-    candidate[30:31] = True  # 1 won
-    assert mcnemar_z(candidate, deployed) == pytest.approx((9 - 1) / (10 ** 0.5))
-    assert mcnemar_z(deployed, candidate) == pytest.approx(-(9 - 1) / (10 ** 0.5))
+def bound(mean: float, lower: float, n: float = 10) -> MeanBound:
+    return MeanBound(mean=mean, standard_error=(mean - lower) / 1.645, lower=lower, confidence=0.95, n=n)
+
+
+def decision_for(candidate: AdapterScores, **overrides: object) -> GateDecision:
+    evidence = {"reward_gain": bound(0.3, 0.2), "agreement_gain": bound(-0.05, -0.08),
+                "kl_to_deployed": 2.0, "kl_to_base": 3.0, "heldout_prompts": 10, "heldout_pairs": 20}
+    return decide(candidate, AdapterScores(0.2, 0.75), **{**evidence, **overrides}, settings=SETTINGS)
 
 
 def test_a_better_candidate_within_budget_is_published() -> None:
-    decision = decide(AdapterScores(0.5, 0.7), AdapterScores(0.2, 0.75), 2.0, agreement_drop_z=1.0,
-                      heldout_prompts=10, heldout_pairs=20, settings=SETTINGS)
+    decision = decision_for(AdapterScores(0.5, 0.7))
     assert decision.publish and decision.reasons == ()
     assert decision.as_metrics()["candidate"] == {"reward_mean": 0.5, "pair_agreement": 0.7}
+    assert decision.manifest_metrics()["reward_gain_lower"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
-    ("candidate", "kl", "z", "pairs", "reason"),
+    ("overrides", "reason"),
     [
-        (AdapterScores(0.25, 0.8), 2.0, 0.0, 20, "reward gain +0.050 is below the margin 0.100"),
-        (AdapterScores(0.9, 0.8), 7.5, 0.0, 20, "KL to the deployed adapter 7.50 nats exceeds the budget 5.00"),
-        (AdapterScores(0.9, 0.6), 2.0, 2.5, 20,
-         "agreement with held-out human pairs fell from 0.750 to 0.600 (McNemar z 2.50 > 1.65)"),
-        (AdapterScores(0.9, 0.8), 2.0, 0.0, 3, "only 3 held-out human pairs; at least 4 are needed"),
+        ({"reward_gain": bound(0.3, 0.05)},
+         "the 95% lower bound of the reward gain, +0.050 (mean +0.300 ± 0.152 over 10 prompts), "
+         "does not exceed the margin 0.100"),
+        ({"reward_gain": None, "heldout_prompts": 1}, "only 1 held-out prompt(s)"),
+        ({"kl_to_deployed": 7.5}, "KL to the deployed adapter 7.50 nats exceeds the budget 5.00"),
+        ({"kl_to_base": 30.0}, "KL to the base model 30.00 nats exceeds the budget across rounds 24.00"),
+        ({"agreement_gain": bound(-0.1, -0.25)},
+         "agreement with held-out human pairs is not shown non-inferior: 95% lower bound of the "
+         "change -0.250 ≤ −0.150"),
+        ({"heldout_pairs": 3}, "only 3 held-out human pairs; at least 4 are needed"),
     ],
 )
-def test_each_failed_check_refuses_with_its_reason(
-    candidate: AdapterScores, kl: float, z: float, pairs: int, reason: str
-) -> None:
-    decision = decide(candidate, AdapterScores(0.2, 0.75), kl, agreement_drop_z=z, heldout_prompts=10,
-                      heldout_pairs=pairs, settings=SETTINGS)
+def test_each_failed_check_refuses_with_its_reason(overrides: dict, reason: str) -> None:
+    decision = decision_for(AdapterScores(0.9, 0.8), **overrides)
     assert not decision.publish
     assert len(decision.reasons) == 1 and decision.reasons[0].startswith(reason), decision.reasons
 
 
-def heldout_pairs() -> list[PreferencePair]:
+def heldout_pairs() -> list[TextPair]:
     prompts = heldout_conversations()[:6]
-    return [PreferencePair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.")
+    return [TextPair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.")
             for p in prompts]
 
 
@@ -100,7 +95,7 @@ def test_measure_sees_no_change_when_the_candidate_is_the_deployed_adapter(
                        [1.0] * 6, settings)
     assert decision.kl_to_deployed == pytest.approx(0.0, abs=1e-4)  # the policy starts as a copy
     assert decision.candidate.pair_agreement == decision.deployed.pair_agreement
-    assert decision.agreement_drop_z == 0.0
+    assert decision.agreement_gain is not None and decision.agreement_gain.mean == 0.0
     assert decision.heldout_prompts == 8 and decision.heldout_pairs == 6
 
 
@@ -129,12 +124,13 @@ def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget
 
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=4, max_new_tokens=16,
-                      learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None, seed=0)
+                      learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None,
+                      missing_eos_penalty=0.0, seed=0)
     torch.manual_seed(0)
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
     PPOTrainer(stack, length_reward, ppo).train(training_prompts(200), iterations=6)
-    gate = GateSettings(reward_margin=0.0, kl_budget=1.0, agreement_z=1e6, min_heldout_pairs=4,
-                        samples_per_prompt=1, min_samples=1, max_new_tokens=16)
+    gate = GateSettings(reward_margin=0.0, kl_budget=1.0, anchor_kl_budget=1e6, agreement_margin=1.0,
+                        min_heldout_pairs=4, samples_per_prompt=1, min_samples=1, max_new_tokens=16)
 
     decision = measure(stack, length_reward, heldout_conversations()[:16], heldout_pairs(), [1.0] * 6, gate)
 
@@ -172,3 +168,41 @@ def test_measure_samples_the_deployed_adapter_for_the_deployed_side(
             sample_rollout(stack, prompts, max_new_tokens=8, temperature=1e-4, max_prompt_tokens=64)
     assert deployed_side == expected
     assert sum(c != d for c, d in zip(candidate, deployed_side)) >= 4, (candidate, deployed_side)
+
+
+def test_an_exact_copy_of_the_deployed_adapter_is_refused_in_at_least_95_of_100_trials(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A no-op candidate (the policy is the deployed adapter, KL 0) under the default gate and a
+    fixed reward: the paired 95 % bound must keep it out at least 95 times in 100. (The old
+    gate, a difference of two independent means against a fixed 0.05, let 4 in 20 through.)"""
+    deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
+    stack = load_policy_stack(tiny_model_dir, deployed, lora_config(4, 8, ["q_proj"]))
+    settings = GateSettings(min_heldout_pairs=1, samples_per_prompt=2, min_samples=1, max_new_tokens=6)
+    prompts = heldout_conversations()[:16]
+    published = 0
+    for trial in range(100):
+        torch.manual_seed(trial)
+        decision = measure(stack, polite_reward, prompts, [], [], settings)
+        assert decision.kl_to_deployed == pytest.approx(0.0, abs=1e-4)
+        published += decision.publish
+    assert published <= 5, published
+
+
+def test_a_candidate_trained_on_a_clear_preference_is_published(tiny_model_dir: Path) -> None:
+    """PPO on a learnable reward (polite openings) from the base model: the default gate (its
+    margin, KL budgets, and non-inferiority on held-out human pairs that prefer politeness)
+    publishes it."""
+    ppo = PPOSettings(rollout_batch_size=32, num_minibatches=4, ppo_epochs=4, max_new_tokens=8,
+                      learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
+    torch.manual_seed(0)
+    stack = load_policy_stack(tiny_model_dir, None, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
+    PPOTrainer(stack, polite_reward, ppo).train(training_prompts(400), iterations=12)
+    settings = GateSettings(samples_per_prompt=4, min_samples=1, max_new_tokens=8)
+    prompts = heldout_conversations()
+    pairs = [TextPair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.") for p in prompts]
+
+    decision = measure(stack, polite_reward, prompts, pairs, [1.0] * len(pairs), settings)
+
+    assert decision.publish, decision.reasons
+    assert decision.reward_gain is not None and decision.reward_gain.lower > settings.reward_margin

@@ -28,28 +28,12 @@ alpha (nominal; values a>b / b>a / tie per pair) and as raw pairwise agreement.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
 PREFERRED, REVERSED, TIE = 1, -1, 0
 """A judgement on an ordered pair (a, b) with a < b: a preferred, b preferred, or a tie."""
-
-
-def ranking_pairs(groups: Sequence[Sequence[str]], unusable: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """Every (winner, loser) pair of a ranking given as tie groups, best first.
-
-    ``[["a"], ["b", "c"], ["d"]]`` gives a>b, a>c, a>d, b>d, c>d (no pair between b and c).
-    """
-    dropped = set(unusable)
-    kept = [[cid for cid in group if cid not in dropped] for group in groups]
-    kept = [group for group in kept if group]
-    return [
-        (winner, loser)
-        for better, worse in combinations(range(len(kept)), 2)
-        for winner in kept[better]
-        for loser in kept[worse]
-    ]
 
 
 def thumbs_pairs(votes: dict[str, list[str]]) -> list[tuple[str, str]]:

@@ -4,11 +4,18 @@
 ``event_id``: a redelivered event changes nothing, so the ingest consumer can commit its
 offsets after ``apply`` returns (at-least-once delivery, effectively-once effect).
 
-Order does not matter: a user's vote on a completion is kept only if it is newer
-(``created_at``, then ``event_id``) than the one stored, so out-of-order delivery keeps the
-latest vote; feedback that arrives before its completion is stored and simply yields no pair
-until the completion arrives. The store is a pure function of the set of events, which is
-what makes ``hhh data rebuild`` (replay into a fresh store) give an identical store.
+Feedback identity (see ``serving.feedback``): one request, retries included, is one event id;
+every changed vote or ranking is a new event. Every feedback event is kept, and the latest one
+(``created_at``, then ``event_id``) of each user per completion and criterion, and of each
+labeler per prompt and criterion, is the one that counts: up, down, up again counts as up,
+once. An event id seen again with a later ``created_at`` (a retry of a request: with the same
+``Idempotency-Key``, or repeating the caller's latest feedback) counts as of that later time:
+the latest request accepted wins, even a retry that reached the gateways after a newer one.
+
+Order does not matter: out-of-order delivery keeps the latest vote; feedback that arrives
+before its completion is stored and simply yields no pair until the completion arrives. The
+store is a pure function of the set of events, which is what makes ``hhh data rebuild``
+(replay into a fresh store) give an identical store.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ CREATE TABLE IF NOT EXISTS completions (
     messages TEXT NOT NULL, completion TEXT NOT NULL, adapter TEXT NOT NULL,
     truncated INTEGER NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS completions_by_prompt ON completions (prompt_id);
-CREATE TABLE IF NOT EXISTS votes (
-    user_id TEXT NOT NULL, completion_id TEXT NOT NULL, criterion TEXT NOT NULL,
-    vote TEXT NOT NULL, comment TEXT, created_at TEXT NOT NULL, event_id TEXT NOT NULL,
-    PRIMARY KEY (user_id, completion_id, criterion)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS thumbs (
+    event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, completion_id TEXT NOT NULL,
+    criterion TEXT NOT NULL, vote TEXT NOT NULL, comment TEXT, created_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS thumbs_by_target ON thumbs (user_id, completion_id, criterion);
 CREATE TABLE IF NOT EXISTS rankings (
     event_id TEXT PRIMARY KEY, prompt_id TEXT NOT NULL, user_id TEXT NOT NULL,
     labeler_id TEXT NOT NULL, criterion TEXT NOT NULL, groups TEXT NOT NULL,
@@ -45,7 +53,26 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (topic, partition)) WITHOUT ROWID;
 """
 
-_TABLES = ("applied", "completions", "votes", "rankings")
+_MIGRATIONS = {
+    # 1: every thumbs event kept (``thumbs``), instead of only the latest per target (``votes``).
+    1: """CREATE TABLE IF NOT EXISTS votes (event_id TEXT, user_id TEXT, completion_id TEXT,
+              criterion TEXT, vote TEXT, comment TEXT, created_at TEXT);
+          INSERT OR IGNORE INTO thumbs SELECT event_id, user_id, completion_id, criterion, vote,
+              comment, created_at FROM votes;
+          DROP TABLE votes;""",
+}
+"""Schema changes of stores written by older versions, by ``PRAGMA user_version``."""
+
+_LATEST_VOTES = """
+SELECT user_id, completion_id, criterion, vote FROM (
+    SELECT user_id, completion_id, criterion, vote, row_number() OVER (
+        PARTITION BY user_id, completion_id, criterion ORDER BY created_at DESC, event_id DESC
+    ) AS newest FROM thumbs)
+WHERE newest = 1 ORDER BY user_id, completion_id
+"""
+"""Each user's latest vote per completion and criterion."""
+
+_TABLES = ("applied", "completions", "thumbs", "rankings")
 """What the events say (``dump``); ``positions`` says where in one log they were read."""
 Message = dict[str, str]
 """A chat message: ``{"role": ..., "content": ...}``."""
@@ -84,6 +111,14 @@ class DatasetStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for target in sorted(v for v in _MIGRATIONS if v > version):
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[target]} PRAGMA user_version = {target}; COMMIT;"
+            )
 
     def apply(self, records: Iterable[Record]) -> int:
         """Store the events of ``records`` in one transaction; return how many were new."""
@@ -95,9 +130,8 @@ class DatasetStore:
                 inserted = self._db.execute(
                     "INSERT OR IGNORE INTO applied VALUES (?)", (event.event_id,)
                 ).rowcount
-                if inserted:
-                    new += 1
-                    self._store(event)
+                new += inserted
+                self._store(event)  # again for a known id too: it may carry a later time
                 self._db.execute(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE"
                     " SET next_offset = max(next_offset, excluded.next_offset)",
@@ -120,17 +154,15 @@ class DatasetStore:
             )
         elif isinstance(event, ThumbsFeedback):
             self._db.execute(
-                "INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (user_id, completion_id, criterion) DO UPDATE SET"
-                " vote = excluded.vote, comment = excluded.comment,"
-                " created_at = excluded.created_at, event_id = excluded.event_id"
-                " WHERE (excluded.created_at, excluded.event_id) > (votes.created_at, votes.event_id)",
-                (event.user_id, event.completion_id, event.criterion, event.vote, event.comment,
-                 created, event.event_id),
+                "INSERT INTO thumbs VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE"
+                " SET created_at = max(created_at, excluded.created_at)",
+                (event.event_id, event.user_id, event.completion_id, event.criterion, event.vote,
+                 event.comment, created),
             )
         elif isinstance(event, RankingFeedback):
             self._db.execute(
-                "INSERT OR IGNORE INTO rankings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rankings VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE"
+                " SET created_at = max(created_at, excluded.created_at)",
                 (event.event_id, event.prompt_id, event.user_id, event.labeler_id, event.criterion,
                  json.dumps(event.ranking), json.dumps(event.unusable), created),
             )
@@ -159,14 +191,21 @@ class DatasetStore:
     def _judgements(
         self, prompt_of: dict[str, str], skipped: dict[str, int]
     ) -> tuple[list[Judgement], dict[tuple[str, str], set[str]]]:
-        """Each labeler's latest ranking per prompt and criterion, checked against the completions."""
-        latest: dict[tuple[str, str, str], tuple[str, Judgement, str]] = {}
-        users: dict[tuple[str, str], set[str]] = defaultdict(set)
+        """Each labeler's latest ranking per prompt and criterion, checked against the completions.
+
+        Only the latest counts, also when it cannot be used (yet): an earlier ranking it
+        superseded never stands in for it.
+        """
+        latest: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         rows = self._db.execute(
-            "SELECT event_id, prompt_id, user_id, labeler_id, criterion, groups, unusable, created_at"
-            " FROM rankings ORDER BY created_at, event_id"
+            "SELECT prompt_id, criterion, labeler_id, user_id, groups, unusable FROM rankings"
+            " ORDER BY created_at, event_id"
         )
-        for event_id, prompt_id, user_id, labeler_id, criterion, groups, unusable, _ in rows:
+        for prompt_id, criterion, labeler_id, user_id, groups, unusable in rows:
+            latest[(prompt_id, criterion, labeler_id)] = (user_id, groups, unusable)
+        judgements: list[Judgement] = []
+        users: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for (prompt_id, criterion, labeler_id), (user_id, groups, unusable) in latest.items():
             groups, unusable = json.loads(groups), set(json.loads(unusable))
             ids = [cid for group in groups for cid in group] + sorted(unusable)
             if any(cid not in prompt_of for cid in ids):
@@ -182,21 +221,16 @@ class DatasetStore:
                 continue
             if unusable:
                 skipped["unusable_completions"] += len(unusable)
-            latest[(prompt_id, criterion, labeler_id)] = (
-                event_id, Judgement(prompt_id, criterion, labeler_id, kept), user_id
-            )
-        for (prompt_id, criterion, _), (_, _, user_id) in latest.items():
+            judgements.append(Judgement(prompt_id, criterion, labeler_id, kept))
             users[(prompt_id, criterion)].add(user_id)
-        return [judgement for _, judgement, _ in latest.values()], users
+        return judgements, users
 
     def _thumbs_pairs(
         self, prompt_of: dict[str, str], eval_percent: int, skipped: dict[str, int]
     ) -> list[PreferencePair]:
         by_prompt: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         voters: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for user_id, completion_id, criterion, vote in self._db.execute(
-            "SELECT user_id, completion_id, criterion, vote FROM votes ORDER BY user_id, completion_id"
-        ):
+        for user_id, completion_id, criterion, vote in self._db.execute(_LATEST_VOTES):
             if completion_id not in prompt_of:
                 skipped["waiting_for_completion"] += 1
                 continue

@@ -23,20 +23,14 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from trainer.config import RewardSettings
+from trainer.heads import load_value_head, save_value_head
 
 REWARD_ADAPTER = "reward"
 """The PEFT adapter name of the reward model (also its sub-folder in a saved version)."""
-VALUE_HEAD_FILE = "value_head.safetensors"
 
 ModelKind = Literal["value_head", "sequence_classifier"]
 Message = Mapping[str, str]
@@ -56,17 +50,6 @@ def encode(
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
     return (prompt_ids + completion_ids + [tokenizer.eos_token_id])[-max_length:]
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) input ids right-padded with ``pad_id``, and the (B, T) attention mask."""
-    length = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -125,6 +108,16 @@ class RewardModel(nn.Module):
         finally:
             self.backbone.set_adapter(previous)
 
+    def train(self, mode: bool = True) -> RewardModel:
+        """Training mode for the adapter's dropout only: the frozen base stays in eval mode, since
+        its own dropout (if its config has any) would train the model on noisier scores than it
+        gives when scoring."""
+        super().train(False)
+        for name, module in self.named_modules():
+            if name.endswith("lora_dropout"):  # PEFT's per-adapter dropout modules
+                module.train(mode)
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter's parameters (and the value or score head): all that training changes."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -133,8 +126,7 @@ class RewardModel(nn.Module):
         """Write the adapter to ``folder/reward/`` and the value head beside it."""
         self.backbone.save_pretrained(str(folder), selected_adapters=[REWARD_ADAPTER])
         if self.value_head is not None:
-            state = {k: t.detach().contiguous() for k, t in self.value_head.state_dict().items()}
-            save_file(state, str(folder / VALUE_HEAD_FILE))
+            save_value_head(self.value_head, folder)
 
     @classmethod
     def create(cls, model_path: Path, kind: ModelKind, settings: RewardSettings) -> RewardModel:
@@ -162,7 +154,7 @@ class RewardModel(nn.Module):
             _load_base(model_path, kind), str(version_dir / REWARD_ADAPTER),
             adapter_name=REWARD_ADAPTER, is_trainable=trainable,
         )
-        value_head = _load_value_head(version_dir) if kind == "value_head" else None
+        value_head = load_value_head(version_dir) if kind == "value_head" else None
         if value_head is not None:
             value_head.requires_grad_(trainable)
         return cls(backbone, value_head, kind)
@@ -172,19 +164,9 @@ class RewardModel(nn.Module):
         """The saved ``value_head`` reward model as a frozen ``reward`` adapter inside
         ``peft_model`` (e.g. the PPO policy's), sharing its base weights."""
         peft_model.load_adapter(str(version_dir / REWARD_ADAPTER), adapter_name=REWARD_ADAPTER)
-        value_head = _load_value_head(version_dir)
+        value_head = load_value_head(version_dir)
         value_head.requires_grad_(False)
         return cls(peft_model, value_head, "value_head")
-
-
-def load_tokenizer(model_path: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved with the model, with a pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token_id is None:
-        raise ValueError(
-            f"the tokenizer of {model_path} has no pad token; set one and save it again"
-        )
-    return tokenizer
 
 
 def _load_base(model_path: Path, kind: ModelKind) -> nn.Module:
@@ -200,11 +182,4 @@ def _new_value_head(hidden_size: int) -> nn.Linear:
     # rounding noise, which Adam would blow up to full-size steps); the offset is normalised away.
     head = nn.Linear(hidden_size, 1, bias=False)
     nn.init.normal_(head.weight, std=1 / (hidden_size + 1) ** 0.5)
-    return head
-
-
-def _load_value_head(version_dir: Path) -> nn.Linear:
-    state = load_file(str(version_dir / VALUE_HEAD_FILE))
-    head = nn.Linear(state["weight"].shape[1], 1, bias=False)
-    head.load_state_dict(state)
     return head

@@ -28,7 +28,8 @@ from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.build import build_demo_model
 from trainer.metrics import REWARD_REFRESHES
 from trainer.preferences.store import DatasetStore, PreferencePair
-from trainer.reward.model import ModelKind, RewardModel, encode, load_tokenizer
+from trainer.reward.model import ModelKind, RewardModel, encode
+from trainer.tokens import load_tokenizer
 from trainer.reward.train import (
     EncodedPair,
     evaluate_pairs,
@@ -36,7 +37,15 @@ from trainer.reward.train import (
     rewards_of,
     train_pairs,
 )
-from trainer.reward.versions import RewardModelStore, file_sha256
+from common.errors import UserError
+from common.files import sha256_file
+from trainer.reward.versions import (
+    RewardModelDraft,
+    RewardModelManifest,
+    RewardModelStore,
+    RewardTraining,
+    RewardTrainingData,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +145,13 @@ def refresh_reward_model(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model_path, kind = resolve_model(settings)
-    model_sha = file_sha256(_weights_file(model_path))
+    model_sha = sha256_file(_weights_file(model_path))
     warm = parent is not None and _same_model(versions.manifest(parent), kind, model_sha)
     if parent is not None and not warm:
         logger.info("reward_refresh cold_start=1: version %d was built on another model", parent)
     model = (RewardModel.load(versions.path(parent), model_path, kind, trainable=True) if warm
              else RewardModel.create(model_path, kind, settings))
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
     texts = _completion_texts(trainer_settings.dataset_path,
                               {cid for p in pairs for cid in (p.chosen_id, p.rejected_id)})
     sequences = {cid: encode(tokenizer, messages, completion, settings.max_length)
@@ -178,25 +187,25 @@ def refresh_reward_model(
         "reward_std": normalisation.std,
         "train_pairs_per_s": epochs * len(train) / train_seconds,
     }
-    manifest = {
-        "parent_version": parent if warm else None,
-        "created_at": datetime.now(UTC).isoformat(),
-        "kind": kind,
-        "model_path": str(model_path.resolve()),
-        "model_sha256": model_sha,
-        "normalisation": {"mean": normalisation.mean, "std": normalisation.std},
-        "metrics": metrics,
-        "data": {
-            "dataset": str(trainer_settings.dataset_path.resolve()),
-            "train_pairs": len(train), "new_pairs": len(new_keys), "eval_pairs": len(held_out),
-            "train_prompts": len({p.prompt_id for p in train}),
-            "criteria": sorted({p.criterion for p in pairs}),
-            "eval_percent": trainer_settings.eval_percent,
-        },
-        "training": {"epochs": epochs, "seconds": round(train_seconds, 2),
-                     **settings.model_dump(mode="json", include=_TRAINING_FIELDS)},
-    }
-    version = versions.publish(model.save, manifest, keys)
+    draft = RewardModelDraft(
+        parent_version=parent if warm else None,
+        created_at=datetime.now(UTC),
+        kind=kind,
+        model_path=str(model_path.resolve()),
+        model_sha256=model_sha,
+        normalisation=normalisation,
+        metrics=metrics,
+        data=RewardTrainingData(
+            dataset=str(trainer_settings.dataset_path.resolve()),
+            train_pairs=len(train), new_pairs=len(new_keys), eval_pairs=len(held_out),
+            train_prompts=len({p.prompt_id for p in train}),
+            criteria=sorted({p.criterion for p in pairs}),
+            eval_percent=trainer_settings.eval_percent,
+        ),
+        training=RewardTraining(epochs=epochs, seconds=round(train_seconds, 2), **settings.model_dump(
+            include=set(RewardTraining.model_fields) - {"epochs", "seconds"})),
+    )
+    version = versions.publish(model.save, draft, keys)
     REWARD_REFRESHES.labels(outcome="trained").inc()
     summary = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
     logger.info("reward_refresh stored_version=%d %s", version, summary)
@@ -206,19 +215,15 @@ def refresh_reward_model(
         version, metrics)
 
 
-_TRAINING_FIELDS = {"lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
-                    "learning_rate", "weight_decay", "batch_size", "margin", "max_length", "seed"}
-
-
-def _same_model(manifest: dict, kind: ModelKind, model_sha: str) -> bool:
-    return manifest["kind"] == kind and manifest["model_sha256"] == model_sha
+def _same_model(manifest: RewardModelManifest, kind: ModelKind, model_sha: str) -> bool:
+    return manifest.kind == kind and manifest.model_sha256 == model_sha
 
 
 def _weights_file(model_path: Path) -> Path:
     """The file whose checksum identifies the model (single-file safetensors checkpoints)."""
     weights = model_path / "model.safetensors"
     if not weights.is_file():
-        raise ValueError(f"{model_path} has no model.safetensors; save the model with "
+        raise UserError(f"{model_path} has no model.safetensors; save the model with "
                          "safe_serialization=True in a single file")
     return weights
 

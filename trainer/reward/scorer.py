@@ -18,7 +18,8 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from trainer.config import RewardSettings
-from trainer.reward.model import Message, RewardModel, encode, load_tokenizer
+from trainer.reward.model import Message, RewardModel, encode
+from trainer.tokens import load_tokenizer
 from trainer.reward.train import rewards_of
 from trainer.reward.versions import Normalisation, RewardModelStore
 
@@ -60,16 +61,16 @@ class RewardScorer:
                 f"no reward model in {settings.store_dir}; run `hhh train reward` first"
             )
         manifest = store.manifest(version)
-        folder, model_path = store.path(version), Path(manifest["model_path"])
+        folder, model_path = store.path(version), Path(manifest.model_path)
         if share_base_with is not None:
-            if manifest["kind"] != "value_head":
-                raise ValueError(f"reward model version {version} is a {manifest['kind']}; only a "
+            if manifest.kind != "value_head":
+                raise ValueError(f"reward model version {version} is a {manifest.kind}; only a "
                                  "value_head reward model can share the policy's base weights")
             model = RewardModel.attach(share_base_with, folder)
         else:
-            model = RewardModel.load(folder, model_path, manifest["kind"], trainable=False)
-        return cls(model, load_tokenizer(model_path), Normalisation(**manifest["normalisation"]),
-                   version=version, max_length=manifest["training"]["max_length"])
+            model = RewardModel.load(folder, model_path, manifest.kind, trainable=False)
+        return cls(model, load_tokenizer(model_path, padding_side="right"), manifest.normalisation,
+                   version=version, max_length=manifest.training.max_length)
 
     def score(
         self, prompts_messages: Sequence[Sequence[Message]], completions: Sequence[str]

@@ -23,13 +23,12 @@ import torch
 
 from trainer.config import RewardSettings
 from trainer.reward.loss import PairwiseMetrics, PairwiseRewardLoss, pairwise_metrics
-from trainer.reward.model import RewardModel, pad_right
+from trainer.reward.model import RewardModel
+from trainer.tokens import length_grouped_batches, pad_right
 from trainer.reward.versions import Normalisation
 
 logger = logging.getLogger(__name__)
 
-_GROUP_BATCHES = 8
-"""Batches per window of pairs sorted by length."""
 _LOG_LINES = 10
 """Progress lines per training run when no terminal shows a bar."""
 
@@ -69,7 +68,11 @@ def train_pairs(
     started, step, trained, epoch_losses = time.monotonic(), 0, 0, []
     for epoch in range(1, epochs + 1):
         epoch_losses = []
-        for batch in length_grouped_batches(pairs, settings.batch_size, generator):
+        for rows in length_grouped_batches(
+            len(pairs), lambda i: max(len(pairs[i].chosen), len(pairs[i].rejected)),
+            settings.batch_size, generator,
+        ):
+            batch = [pairs[i] for i in rows]
             loss_sum = backward_batch(model, batch, settings, pad_id)
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
             optimizer.step()
@@ -87,21 +90,6 @@ def train_pairs(
         bar.close()
     model.eval()
     return sum(epoch_losses) / len(epoch_losses)
-
-
-def length_grouped_batches(
-    pairs: Sequence[EncodedPair], batch_size: int, generator: torch.Generator
-) -> Iterator[list[EncodedPair]]:
-    """One epoch of shuffled batches, each of pairs of similar length."""
-    window = batch_size * _GROUP_BATCHES
-    order = torch.randperm(len(pairs), generator=generator).tolist()
-    batches = []
-    for start in range(0, len(order), window):
-        group = sorted(order[start : start + window],
-                       key=lambda i: max(len(pairs[i].chosen), len(pairs[i].rejected)))
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-    for b in torch.randperm(len(batches), generator=generator).tolist():
-        yield [pairs[i] for i in batches[b]]
 
 
 def backward_batch(

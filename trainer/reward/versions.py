@@ -11,19 +11,19 @@ half-written version and two writers never take the same number. Versions are ne
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
+
+from common.files import exclusive_lock, sha256_file
+from trainer.reward.model import ModelKind
 
 MANIFEST = "manifest.json"
 PAIR_KEYS = "pairs.txt"
@@ -46,13 +46,69 @@ class Normalisation:
         return (rewards - self.mean) / self.std
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+class RewardTrainingData(BaseModel):
+    """What a version was trained and evaluated on."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    dataset: str
+    """The dataset store's path."""
+    train_pairs: int
+    new_pairs: int
+    """Training pairs its parent had not seen (all of them for a first version)."""
+    eval_pairs: int
+    train_prompts: int
+    criteria: list[str]
+    eval_percent: float
+    """Held-out share of prompts (by prompt hash), in percent."""
+
+
+class RewardTraining(BaseModel):
+    """How a version was trained: epochs, time, and the `RewardSettings` that shape the model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    epochs: int
+    seconds: float
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: list[str]
+    learning_rate: float
+    weight_decay: float
+    batch_size: int
+    margin: float
+    max_length: int
+    """Tokens per sequence the model was trained on; the scorer encodes with the same."""
+    seed: int
+
+
+class RewardModelDraft(BaseModel):
+    """A manifest before it is stored: everything but the version number and file checksums."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    parent_version: int | None
+    """The version it was warm-started from; None for a cold start."""
+    created_at: datetime
+    kind: ModelKind
+    model_path: str
+    """The base model (or sequence classifier) folder it was built on."""
+    model_sha256: str
+    """Checksum of that model's weights: a warm start needs the same."""
+    normalisation: Normalisation
+    metrics: dict[str, float]
+    """Held-out accuracy, margin and loss, training loss, reward statistics, pairs/s."""
+    data: RewardTrainingData
+    training: RewardTraining
+
+
+class RewardModelManifest(RewardModelDraft):
+    """``manifest.json`` of a stored version."""
+
+    version: int
+    files: dict[str, str]
+    """SHA-256 of every file of the version folder (the manifest aside), by relative path."""
 
 
 class RewardModelStore:
@@ -76,9 +132,9 @@ class RewardModelStore:
         """The folder of ``version``."""
         return self.root / str(version)
 
-    def manifest(self, version: int) -> dict[str, Any]:
+    def manifest(self, version: int) -> RewardModelManifest:
         """The manifest of ``version``."""
-        return json.loads((self.path(version) / MANIFEST).read_text())
+        return RewardModelManifest.model_validate_json((self.path(version) / MANIFEST).read_bytes())
 
     def trained_pair_keys(self, version: int) -> set[str]:
         """Keys of the pairs ``version`` was trained on."""
@@ -87,11 +143,11 @@ class RewardModelStore:
     def publish(
         self,
         write_model: Callable[[Path], None],
-        manifest: dict[str, Any],
+        draft: RewardModelDraft,
         pair_keys: Iterable[str],
     ) -> int:
         """Store a new version: ``write_model(folder)`` writes the weights, then the pair keys
-        and the manifest (given fields plus version and file checksums) are added. Returns the
+        and the manifest (``draft`` plus version and file checksums) are added. Returns the
         version number."""
         self.root.mkdir(parents=True, exist_ok=True)
         scratch = self.root / f".tmp-{uuid.uuid4().hex}"
@@ -99,22 +155,13 @@ class RewardModelStore:
         try:
             write_model(scratch)
             (scratch / PAIR_KEYS).write_text("".join(f"{key}\n" for key in sorted(pair_keys)))
-            files = {str(p.relative_to(scratch)): file_sha256(p)
+            files = {str(p.relative_to(scratch)): sha256_file(p)
                      for p in sorted(scratch.rglob("*")) if p.is_file()}
-            with self._lock():
+            with exclusive_lock(self.root / ".lock"):
                 version = (self.latest() or 0) + 1
-                full = {"version": version, **manifest, "files": files}
-                (scratch / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+                manifest = RewardModelManifest(**dict(draft), version=version, files=files)
+                (scratch / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
                 os.rename(scratch, self.path(version))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return version
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        with (self.root / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)

@@ -25,11 +25,15 @@ from trainer.rl.losses import dpo_loss
 from trainer.rl.models import PolicyStack, causal_lm_outputs, load_policy_stack, lora_config, token_logprobs
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import Conversation
+from trainer.tokens import pad_right
 
 
 @dataclass(frozen=True)
-class PreferencePair:
-    """One preference: for `prompt`, `chosen` was preferred over `rejected`."""
+class TextPair:
+    """One preference as text: for `prompt`, `chosen` was preferred over `rejected`.
+
+    (The dataset's pairs name completions by id: `trainer.preferences.store.TextPair`.)
+    """
 
     prompt: Conversation
     chosen: str
@@ -65,17 +69,13 @@ def encode_responses(
     prompt_budget = max(1, max_length - width)
     prompts_batch = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True,
                               max_length=prompt_budget, return_tensors="pt")
-    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id)
-    response_mask = torch.zeros((len(responses), width))
-    for row, ids in enumerate(response_lists):
-        response_ids[row, : len(ids)] = torch.tensor(ids)
-        response_mask[row, : len(ids)] = 1.0
+    response_ids, response_mask = pad_right(response_lists, tokenizer.pad_token_id)
     return EncodedResponses(
         input_ids=torch.cat([prompts_batch.input_ids, response_ids], 1),
-        attention_mask=torch.cat([prompts_batch.attention_mask, response_mask.long()], 1),
+        attention_mask=torch.cat([prompts_batch.attention_mask, response_mask], 1),
         prompt_width=prompts_batch.input_ids.shape[1],
         response_ids=response_ids,
-        response_mask=response_mask,
+        response_mask=response_mask.float(),
     )
 
 
@@ -96,14 +96,14 @@ class DPOTrainer:
         self.params = params
         self.generator = torch.Generator().manual_seed(settings.seed)
 
-    def _encode(self, pairs: Sequence[PreferencePair]) -> EncodedResponses:
+    def _encode(self, pairs: Sequence[TextPair]) -> EncodedResponses:
         """Winners first, then losers: rows i and i + len(pairs) belong to pair i."""
         prompts = [p.prompt for p in pairs] * 2
         responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         return encode_responses(self.stack, prompts, responses, self.settings.max_length)
 
     @torch.no_grad()
-    def reference_logprobs(self, pairs: Sequence[PreferencePair]) -> torch.Tensor:
+    def reference_logprobs(self, pairs: Sequence[TextPair]) -> torch.Tensor:
         """(2, B) reference log-probabilities of winners (row 0) and losers (row 1)."""
         out = []
         size = 4 * self.settings.batch_size  # no activations kept: larger batches are cheap
@@ -114,20 +114,21 @@ class DPOTrainer:
             out.append(sequence_logprobs(logits, encoded).view(2, -1))
         return torch.cat(out, dim=1)
 
-    def policy_logprobs(self, pairs: Sequence[PreferencePair]) -> torch.Tensor:
+    def policy_logprobs(self, pairs: Sequence[TextPair]) -> torch.Tensor:
         """(2, B) policy log-probabilities of winners and losers (with gradients)."""
         encoded = self._encode(pairs)
         logits, _ = causal_lm_outputs(self.stack.decoder, encoded.input_ids, encoded.attention_mask,
                                       encoded.prompt_width)
         return sequence_logprobs(logits, encoded).view(2, -1)
 
-    def train(self, pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+    def train(self, pairs: Sequence[TextPair]) -> list[dict[str, Any]]:
         """`epochs` passes over `pairs` in shuffled mini-batches; one record entry per epoch."""
         if not pairs:
             raise ValueError("no preference pairs to train on")
         s = self.settings
         reference = self.reference_logprobs(pairs)
-        self.stack.peft_model.train()
+        # Eval mode throughout: no dropout in the adapters, none wanted in the frozen base.
+        self.stack.peft_model.eval()
         history = []
         for epoch in range(1, s.epochs + 1):
             started = time.perf_counter()
@@ -147,18 +148,7 @@ class DPOTrainer:
                        "pairs_per_s": len(pairs) / (time.perf_counter() - started)}
             self.record.write(metrics)
             history.append(metrics)
-        self.stack.peft_model.eval()
         return history
-
-    @torch.no_grad()
-    def evaluate(self, pairs: Sequence[PreferencePair]) -> dict[str, float]:
-        """Mean implicit reward margin β·((π_w − ref_w) − (π_l − ref_l)) and accuracy on `pairs`."""
-        self.stack.peft_model.eval()
-        reference = self.reference_logprobs(pairs)
-        policy = torch.cat([self.policy_logprobs(pairs[i : i + self.settings.batch_size])
-                            for i in range(0, len(pairs), self.settings.batch_size)], dim=1)
-        margins = dpo_loss(policy[0], policy[1], reference[0], reference[1], self.settings.beta).margins
-        return {"reward_margin": margins.mean().item(), "accuracy": (margins > 0).float().mean().item()}
 
 
 def load_dpo_stack(base_dir: Path, global_adapter: Path | None, settings: DPOSettings) -> PolicyStack:

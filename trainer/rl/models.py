@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.heads import VALUE_HEAD_FILE, load_value_head, save_value_head
+from trainer.tokens import load_tokenizer
 
 POLICY_ADAPTER = "policy"
 REFERENCE_ADAPTER = "reference"
-VALUE_HEAD_FILE = "value_head.safetensors"
-"""Saved next to the policy adapter, so the next round can start from a trained value head."""
 
 
 def lora_config(rank: int, alpha: float, target_modules: list[str]) -> LoraConfig:
@@ -114,6 +114,16 @@ class PolicyStack:
         with self.reference_active():
             return causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width)[0]
 
+    @torch.no_grad()
+    def base_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int
+    ) -> torch.Tensor:
+        """The base model's logits (B, T, V) of the response block: every adapter disabled."""
+        if self.separate_reference is not None:
+            raise ValueError("base logits come from the shared base; load the stack with share_base=True")
+        with self.peft_model.disable_adapter():
+            return causal_lm_outputs(self.decoder, input_ids, attention_mask, prompt_width)[0]
+
     @contextmanager
     def reference_active(self) -> Iterator[None]:
         """Within: the shared model computes the reference; after: the policy again (trainable)."""
@@ -163,24 +173,14 @@ class PolicyStack:
         return params + list(self.value_head.parameters())
 
     def save_policy(self, out_dir: Path) -> None:
-        """Write the policy adapter (PEFT format, loadable by vLLM) and the value head to `out_dir`."""
+        """Write the policy adapter (PEFT format, loadable by vLLM) and the value head to `out_dir`
+        (so that the next round can start from a trained value head)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
             self.peft_model.save_pretrained(tmp, selected_adapters=[POLICY_ADAPTER])
             for item in (Path(tmp) / POLICY_ADAPTER).iterdir():
                 shutil.move(str(item), out_dir / item.name)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
-                  out_dir / VALUE_HEAD_FILE)
-
-
-def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
-    """The base model's tokenizer, padding prompts on the left (they are continued on the right)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        raise ValueError(f"the tokenizer of {model_dir} has no pad token; set one and save it again")
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    return tokenizer
+        save_value_head(self.value_head, out_dir)
 
 
 def load_frozen_base(model_dir: Path) -> PreTrainedModel:
@@ -216,7 +216,7 @@ def load_policy_stack(
         nn.init.zeros_(value_head.weight)
         nn.init.zeros_(value_head.bias)
     if deployed_adapter is not None and (deployed_adapter / VALUE_HEAD_FILE).is_file():
-        value_head.load_state_dict(load_file(deployed_adapter / VALUE_HEAD_FILE))
+        value_head.load_state_dict(load_value_head(deployed_adapter).state_dict())
     reference_adapter, separate = None, None
     if not share_base:
         separate = load_frozen_base(base_dir)
@@ -227,4 +227,5 @@ def load_policy_stack(
         peft_model.load_adapter(str(deployed_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         reference_adapter = REFERENCE_ADAPTER
     peft_model.set_adapter(POLICY_ADAPTER)
-    return PolicyStack(peft_model, value_head, load_tokenizer(base_dir), reference_adapter, separate)
+    return PolicyStack(peft_model, value_head, load_tokenizer(base_dir, padding_side="left"),
+                       reference_adapter, separate)

@@ -6,7 +6,8 @@ One iteration (`PPOTrainer.iteration`), after Ziegler et al. (2019) and CleanRL'
    (`trainer.rl.rollout`) or by a vLLM engine (`trainer.rl.vllm_rollout`, `rollout_engine_url`);
 2. score: the trainer's own forward passes give log π_old and V_old (policy) and log π_ref
    (reference); the reward callable scores each (prompt, response);
-3. shape: r_t = −β·KL_t + score at the last token; GAE(γ, λ) advantages, whitened; returns;
+3. shape: r_t = −β·KL_t + score at the last token (less ``missing_eos_penalty`` for a response
+   cut by the token limit); GAE(γ, λ) advantages, whitened; returns;
 4. update: `ppo_epochs` passes over shuffled mini-batches minimising
    L = L_policy + c1·L_VF − c2·H (`trainer.rl.losses`), gradients clipped, stopping early once a
    mini-batch's approximate KL to the rollout policy exceeds `target_approx_kl`;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -27,13 +29,8 @@ import torch
 
 from trainer.config import PPOSettings
 from trainer.rl.advantages import gae
-from trainer.rl.kl import (
-    AdaptiveKLController,
-    FixedKLController,
-    exact_token_kl,
-    kl_estimate,
-    shaped_rewards,
-)
+from trainer.rl.evaluation import RewardFn, penalise_truncated
+from trainer.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate, shaped_rewards
 from trainer.rl.losses import explained_variance, ppo_loss
 from trainer.rl.masked import masked_whiten
 from trainer.rl.models import PolicyStack, token_logprobs
@@ -42,10 +39,34 @@ from trainer.rl.rollout import Conversation, Rollout, sample_rollout
 from trainer.rl.vllm_rollout import VLLMRolloutSampler
 
 
-class RewardFn(Protocol):
-    """Scores responses: (B,) float tensor, higher is better, one per (prompt, response)."""
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A rollout scored for the update: what PPO's epochs read, B responses of T tokens.
 
-    def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor: ...
+    Everything is fixed before the first gradient step: log π_old, V_old and the advantages
+    are the rollout policy's, not the one being updated.
+    """
+
+    input_ids: torch.Tensor
+    """(B, P + T) prompt block (left-padded) then response block (right-padded)."""
+    attention_mask: torch.Tensor
+    """(B, P + T) 1 on real tokens."""
+    prompt_width: int
+    """P."""
+    response_ids: torch.Tensor
+    """(B, T) a_t, the sampled tokens."""
+    mask: torch.Tensor
+    """(B, T) float, 1 on response tokens up to and including EOS."""
+    logprobs: torch.Tensor
+    """(B, T) log π_old(a_t | s_t), at the sampling temperature."""
+    values: torch.Tensor
+    """(B, T) V_old(s_t), 0 outside the mask."""
+    advantages: torch.Tensor
+    """(B, T) GAE Â_t (whitened over the mask when configured)."""
+    returns: torch.Tensor
+    """(B, T) Â_t + V_old(s_t), the value target."""
+    kl_sum: torch.Tensor
+    """(B,) Σ_t KL_t estimate to the reference per response (the penalty's KL)."""
 
 
 class RolloutSampler(Protocol):
@@ -61,15 +82,18 @@ class PPOTrainer:
 
     def __init__(
         self, stack: PolicyStack, reward_fn: RewardFn, settings: PPOSettings,
-        record: RunRecord | None = None,
+        record: RunRecord | None = None, *, initial_beta: float | None = None,
     ) -> None:
+        """``initial_beta``: where the adaptive controller starts (the β the deployed adapter's
+        round ended with); default ``settings.kl_coef``. A fixed β is always ``kl_coef``."""
         self.stack = stack
         self.reward_fn = reward_fn
         self.settings = settings
         self.record = record or RunRecord(None, "ppo")
         self.kl_controller: FixedKLController | AdaptiveKLController = (
             FixedKLController(settings.kl_coef) if settings.kl_target is None
-            else AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+            else AdaptiveKLController(initial_beta if initial_beta is not None else settings.kl_coef,
+                                      settings.kl_target, settings.kl_horizon)
         )
         self.optimizer = torch.optim.AdamW(stack.trainable_parameters(), lr=settings.learning_rate,
                                            weight_decay=0.0)
@@ -105,11 +129,12 @@ class PPOTrainer:
         if scores.shape != (len(prompts),):
             raise ValueError(f"the reward function returned shape {tuple(scores.shape)}; "
                              f"expected ({len(prompts)},), one score per response")
+        scores = penalise_truncated(scores, rollout.ended, s.missing_eos_penalty)
         batch = self._score(rollout, scores)
         rollout_s = time.perf_counter() - started
         update = self._update(batch)
         beta = self.kl_controller.beta
-        kl_per_response = batch["kl_sum"].mean().item()
+        kl_per_response = batch.kl_sum.mean().item()
         self.kl_controller.update(kl_per_response, len(prompts))
         self.iterations_done += 1
         elapsed = time.perf_counter() - started
@@ -120,7 +145,8 @@ class PPOTrainer:
             "kl": kl_per_response,
             "beta": beta,
             "response_length": rollout.response_mask.sum(1).mean().item(),
-            "explained_variance": explained_variance(batch["values"], batch["returns"], batch["mask"]),
+            "truncated_share": (~rollout.ended).float().mean().item(),
+            "explained_variance": explained_variance(batch.values, batch.returns, batch.mask),
             **update,
             "rollout_s": rollout_s,
             "samples_per_s": len(prompts) / elapsed,
@@ -129,7 +155,7 @@ class PPOTrainer:
         return metrics
 
     @torch.no_grad()
-    def _score(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, Any]:
+    def _score(self, rollout: Rollout, scores: torch.Tensor) -> ScoredBatch:
         """Old log-probs, values, reference log-probs, shaped rewards, advantages and returns."""
         s = self.settings
         logprobs, values, ref_logprobs = [], [], []
@@ -147,20 +173,23 @@ class PPOTrainer:
         advantages, returns = gae(rewards, old_values, mask, s.gamma, s.lam)
         if s.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        return {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
-                "response_ids": rollout.response_ids, "mask": mask, "logprobs": old_logprobs,
-                "values": old_values, "advantages": advantages, "returns": returns,
-                "kl_sum": kl.sum(1), "prompt_width": rollout.prompt_width}
+        return ScoredBatch(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+            prompt_width=rollout.prompt_width, response_ids=rollout.response_ids, mask=mask,
+            logprobs=old_logprobs, values=old_values, advantages=advantages, returns=returns,
+            kl_sum=kl.sum(1),
+        )
 
-    def _update(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _update(self, batch: ScoredBatch) -> dict[str, Any]:
         """PPO epochs over mini-batches; the means of the per-mini-batch losses and statistics."""
         s = self.settings
-        self.stack.peft_model.train()
+        # The model stays in eval mode: the LoRA adapters have no dropout, and the frozen base's
+        # dropout (if its config has any) would make the update's log-probs differ from π_old's.
         stats: dict[str, list[float]] = {k: [] for k in
                                          ("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl")}
         early_stopped = False
         for _ in range(s.ppo_epochs):
-            for rows in self._minibatches(len(batch["mask"]), shuffle=True):
+            for rows in self._minibatches(len(batch.mask), shuffle=True):
                 minibatch_stats = self._step(batch, rows)
                 for name, value in minibatch_stats.items():
                     stats[name].append(value)
@@ -169,11 +198,10 @@ class PPOTrainer:
                     break
             if early_stopped:
                 break
-        self.stack.peft_model.eval()
         return {**{k: sum(v) / len(v) for k, v in stats.items()},
                 "minibatch_steps": len(stats["approx_kl"]), "early_stopped": early_stopped}
 
-    def _step(self, batch: dict[str, Any], rows: torch.Tensor) -> dict[str, float]:
+    def _step(self, batch: ScoredBatch, rows: torch.Tensor) -> dict[str, float]:
         """One optimiser step on mini-batch `rows`, accumulated over micro-batches.
 
         Each part of L is a mean over the mini-batch's valid tokens, so a micro-batch's loss is
@@ -181,19 +209,18 @@ class PPOTrainer:
         while activations are held for one micro-batch at a time.
         """
         s = self.settings
-        width = batch["prompt_width"]
-        tokens = batch["mask"][rows].sum()
+        tokens = batch.mask[rows].sum()
         totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         for micro in rows.split(s.micro_batch_size or len(rows)):
-            share = batch["mask"][micro].sum() / tokens
-            logits, values = self.stack.policy_outputs(batch["input_ids"][micro],
-                                                       batch["attention_mask"][micro], width)
+            share = batch.mask[micro].sum() / tokens
+            logits, values = self.stack.policy_outputs(batch.input_ids[micro],
+                                                       batch.attention_mask[micro], batch.prompt_width)
             logits = logits / s.temperature
             loss = ppo_loss(
-                logits, token_logprobs(logits, batch["response_ids"][micro]), values,
-                batch["logprobs"][micro], batch["values"][micro], batch["advantages"][micro],
-                batch["returns"][micro], batch["mask"][micro], clip_eps=s.clip_eps,
+                logits, token_logprobs(logits, batch.response_ids[micro]), values,
+                batch.logprobs[micro], batch.values[micro], batch.advantages[micro],
+                batch.returns[micro], batch.mask[micro], clip_eps=s.clip_eps,
                 value_clip_eps=s.value_clip_eps, value_coef=s.value_coef, entropy_coef=s.entropy_coef,
             )
             (loss.total * share).backward()
@@ -209,29 +236,3 @@ class PPOTrainer:
         order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
         size = math.ceil(n / self.settings.num_minibatches)
         return list(order.split(size))
-
-    @torch.no_grad()
-    def evaluate(self, prompts: Sequence[Conversation], samples_per_prompt: int = 1) -> dict[str, float]:
-        """Mean reward and mean KL(π_θ ‖ π_ref) per response on `prompts` (e.g. held-out ones).
-
-        The KL is exact per token (whole vocabulary, `exact_token_kl`), summed over each sampled
-        response: no estimator noise beyond the sampling of the responses.
-        """
-        s = self.settings
-        self.stack.peft_model.eval()
-        repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-        rewards, kls = [], []
-        for start in range(0, len(repeated), s.rollout_batch_size):
-            chunk = repeated[start : start + s.rollout_batch_size]
-            rollout = sample_rollout(self.stack, chunk, max_new_tokens=s.max_new_tokens,
-                                     temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens,
-                                     merged=s.merge_for_rollout)
-            rewards.append(self.reward_fn(rollout.prompts, rollout.responses).float())
-            logits, _ = self.stack.policy_outputs(rollout.input_ids, rollout.attention_mask,
-                                                  rollout.prompt_width)
-            ref_logits = self.stack.reference_logits(rollout.input_ids, rollout.attention_mask,
-                                                     rollout.prompt_width)
-            token_kl = exact_token_kl(logits / s.temperature, ref_logits / s.temperature)
-            kls.append((token_kl * rollout.response_mask).sum(1))
-        reward = torch.cat(rewards)
-        return {"reward_mean": reward.mean().item(), "kl": torch.cat(kls).mean().item()}

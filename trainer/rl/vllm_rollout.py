@@ -24,6 +24,7 @@ import torch
 
 from trainer.rl.models import PolicyStack
 from trainer.rl.rollout import Conversation, Rollout, assemble_rollout, encode_prompts
+from trainer.tokens import pad_right
 
 
 class VLLMRolloutSampler:
@@ -59,8 +60,12 @@ class VLLMRolloutSampler:
                     "prompt": [row[row_mask.bool()].tolist() for row, row_mask in zip(prompt_ids, prompt_mask)],
                     # No seed: one seed per request would give every prompt of the batch the same
                     # random stream, correlating the samples PPO needs to be independent.
+                    # Every sampling option explicit: the engine would otherwise apply the model
+                    # folder's generation_config.json defaults (a repetition penalty, say), and the
+                    # tokens would not come from the distribution the trainer scores.
                     "max_tokens": max_new_tokens, "temperature": temperature, "top_p": 1.0, "top_k": 0,
-                    "return_token_ids": True,
+                    "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                    "frequency_penalty": 0.0, "min_tokens": 0, "return_token_ids": True,
                 })["choices"]
             finally:
                 self._post("/v1/unload_lora_adapter", {"lora_name": name})
@@ -85,10 +90,5 @@ def _pad_responses(
     ends with it (added where the engine left it out), so the policy's stopping is trained too."""
     rows = [ids + [eos_id] if stop and (not ids or ids[-1] != eos_id) else ids
             for ids, stop in zip(sampled, stopped)]
-    width = max(1, max(len(ids) for ids in rows))
-    response_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
-    for i, ids in enumerate(rows):
-        response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1.0
-    return response_ids, mask
+    response_ids, mask = pad_right(rows, pad_id)
+    return response_ids, mask.float()

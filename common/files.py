@@ -1,0 +1,59 @@
+"""Files that other processes may read or write at the same time.
+
+- `sha256_file`: the checksum that adapter and reward-model manifests record per file;
+- `write_atomically`: readers see the old content or the new, never a torn file (the new
+  content is written to a sibling and renamed over the old, which POSIX makes atomic);
+- `exclusive_lock`: an advisory ``flock`` on a lock file for the block. The kernel releases it
+  when the holder's process dies, so a killed writer never leaves a lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` in one rename; the file gets permission bits ``mode``."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    data = content.encode() if isinstance(content, str) else content
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def exclusive_lock(path: Path, *, blocking: bool = True) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    Yields the lock file's descriptor (a holder may write its pid there). With
+    ``blocking=False`` raises `BlockingIOError` at once when another process holds the lock.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        yield fd
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

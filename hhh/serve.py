@@ -1,0 +1,155 @@
+"""`hhh serve`: the gateway and, on one machine, the vLLM engine it supervises.
+
+With ``HHH_GATEWAY_ENGINE_URLS`` empty (the default) the gateway starts one vLLM server on the
+demo model (built on first use), closed by an API key that only the gateway holds (generated
+per start unless ``HHH_GATEWAY_ENGINE_API_KEY`` is set), watches it, and restarts it whenever it exits; meanwhile the
+gateway answers 503 with the reason, and ``/readyz`` reports not ready. With engine URLs
+configured, the engines are someone else's to run (several machines, GPUs). Either way the
+gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
+(``serving/adapters/controller.py``; settings ``HHH_ADAPTERS_*``).
+
+`hhh up` is the same with the trainer daemon as a third supervised process: the whole service
+on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
+serves.
+
+This module is the composition root's: it joins serving (gateway, engine), the trainer (its
+daemon as a child process) and the demo set-up, which is why it lives in ``hhh/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import uvicorn
+from pydantic import SecretStr
+
+from common.processes import ChildProcess
+
+from serving.adapters.config import AdapterSettings
+from serving.app import build_gateway, create_app
+from serving.config import GatewaySettings
+from serving.engine import EngineConfig, EngineProcess
+from streams.backends import open_event_log
+from streams.config import EventLogSettings, hhh_home
+from streams.outbox import Outbox, OutboxDrainer
+
+log = logging.getLogger(__name__)
+
+
+class Supervised(Protocol):
+    """A child process a supervisor keeps running (`EngineProcess`, `TrainerProcess`)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+class TrainerProcess(ChildProcess):
+    """`python -m hhh train` with this process's environment, output appended to ``log_path``.
+
+    ``base_model``: the served model's folder, passed as ``HHH_TRAINER_BASE_MODEL`` unless that
+    is set already, so that adapters are trained on the weights the engine serves. The daemon is
+    safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM, then SIGKILL.
+    """
+
+    def __init__(self, log_path: Path, base_model: Path | None = None) -> None:
+        super().__init__(log_path)
+        self.base_model = base_model
+
+    def start(self) -> None:
+        """Launch the daemon; returns at once."""
+        environment = dict(os.environ)
+        if self.base_model is not None:
+            environment.setdefault("HHH_TRAINER_BASE_MODEL", str(self.base_model))
+        self.spawn([sys.executable, "-m", "hhh", "train"], environment)
+
+
+class ProcessSupervisor:
+    """Keeps one child process running: starts it, and restarts it when it exits."""
+
+    def __init__(self, child: Supervised, name: str, *, check_interval_s: float = 1.0) -> None:
+        self.child = child
+        self.name = name
+        self.restarts = 0
+        self._check_interval_s = check_interval_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
+
+    def start(self) -> None:
+        """Start the child (without waiting for it) and watch it from a thread."""
+        self.child.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching, then stop the child."""
+        self._stopping.set()
+        self._thread.join(10)
+        self.child.stop()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._check_interval_s):
+            if self.child.running:
+                continue
+            self.restarts += 1
+            log.error("the %s exited; restarting it (restart %d). Its last output:\n%s",
+                      self.name, self.restarts, self.child.log_tail(10))
+            try:
+                self.child.stop()  # reap what is left of the old process first
+                self.child.start()
+            except Exception:  # noqa: BLE001 - keep supervising; the next check tries again
+                log.exception("restarting the %s failed", self.name)
+
+
+def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
+    """Run the gateway until interrupted (and the engine, unless engine URLs are configured).
+
+    ``with_trainer``: also run the trainer daemon (`hhh train`) as a supervised child process,
+    on ``model_dir`` (the served model) where it is known.
+    """
+    settings = GatewaySettings()
+    events = EventLogSettings()
+    adapter_settings = AdapterSettings()
+    supervisors: list[ProcessSupervisor] = []
+    outbox = Outbox(events.outbox_path, name="gateway")
+    try:
+        if not settings.engine_urls:
+            if model_dir is None:
+                from trainer.demo_model.build import build_demo_model
+
+                model_dir = build_demo_model("demo", home=hhh_home())
+            # A fresh key per start: only this gateway may call the engine it supervises.
+            engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
+            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
+                                                api_key=engine_key))
+            supervisors.append(ProcessSupervisor(engine, "engine"))
+            supervisors[-1].start()
+            settings = settings.model_copy(update={"engine_urls": [engine.url], "engine_api_key": engine_key})
+            adapter_settings = adapter_settings.model_copy(update={
+                "base_model_dir": model_dir, "max_lora_rank": engine.config.max_lora_rank,
+            })
+            log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
+        if with_trainer:
+            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir)
+            supervisors.append(ProcessSupervisor(trainer, "trainer"))
+            supervisors[-1].start()
+            log.info("trainer daemon started (log: %s)", trainer.log_path)
+        drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
+        gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
+                                adapter_settings=adapter_settings)
+        log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
+        uvicorn.run(create_app(gateway), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        for supervisor in reversed(supervisors):
+            supervisor.stop()
+        outbox.close()
