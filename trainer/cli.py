@@ -50,6 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.demo_model.build import build_demo_model
+    from trainer.metrics import ROUND_FAILURES
     from trainer.reward.refresh import on_policy_base
 
     settings, reward = TrainerSettings(), RewardSettings()
@@ -62,8 +63,20 @@ def _train(args: argparse.Namespace) -> int:
         daemon.announce_current()
         if not args.once and settings.metrics_port:
             start_http_server(settings.metrics_port, settings.metrics_host)
+        failures = 0
         while True:
-            report = daemon.run_round()
+            try:
+                report = daemon.run_round()
+            except Exception:  # noqa: BLE001 - a failed round is retried later, never a crash loop
+                if args.once:
+                    raise
+                failures += 1
+                ROUND_FAILURES.inc()
+                pause = min(max(settings.round_interval_s, 1.0) * 2**failures, settings.max_backoff_s)
+                logger.exception("the round failed (%d in a row); the next one in %.0f s", failures, pause)
+                time.sleep(pause)
+                continue
+            failures = 0
             print(f"round {report.round_id}:", *report.steps, sep="\n  ", flush=True)
             if args.once:
                 return 0

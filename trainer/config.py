@@ -49,6 +49,11 @@ class TrainerSettings(BaseSettings):
         description="`hhh train`: port of its Prometheus /metrics (0: not served; `--once` never serves it).",
     )
     round_interval_s: float = Field(default=300.0, ge=0, description="`hhh train`: pause between rounds.")
+    max_backoff_s: float = Field(
+        default=3600.0, ge=0,
+        description="`hhh train`: after a failed round, the pause doubles (from round_interval_s) up "
+        "to this, so a broken input is retried without a crash loop.",
+    )
     ingest_idle_s: float = Field(
         default=1.0, gt=0, description="Ingest stops once the log has been quiet this long."
     )

@@ -47,7 +47,7 @@ from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSetting
 from trainer.evidence import AttemptLog, Evidence
 from trainer.gate import measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
-from trainer.metrics import LAST_ROUND, ROUNDS, VERDICTS
+from trainer.metrics import LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.refresh import refresh_reward_model
@@ -69,6 +69,8 @@ class RoundReport:
     steps: list[str] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     """Labels of published versions, e.g. ``global@3``."""
+    failed: list[str] = field(default_factory=list)
+    """Scopes whose step failed with an error (the round went on without them)."""
 
     def note(self, line: str) -> None:
         logger.info("round %s: %s", self.round_id, line)
@@ -261,9 +263,21 @@ class TrainingDaemon:
                  for p in pairs], [p.weight for p in pairs])
 
     def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:
-        """Run `step` holding the scope's lock; skip it (noted) when another trainer holds it."""
+        """Run `step` holding the scope's lock; skip it (noted) when another trainer holds it.
+
+        A scope that fails is contained: the error goes to the log (with its traceback), the
+        run record, the report and a metric, and the round goes on with the next scope. One
+        user's bad data (or a broken adapter folder) must not stop training for everyone.
+        """
         try:
             with scope_lock(self.settings.lock_dir, scope):
                 step()
         except ScopeBusy as busy:
             report.note(f"{scope}: skipped: {busy}")
+        except Exception as error:  # noqa: BLE001 - contained to this scope, see the docstring
+            logger.exception("round %s: %s failed", report.round_id, scope)
+            SCOPE_FAILURES.labels(scope_kind="global" if scope == "global" else "user").inc()
+            RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", scope).write(
+                {"failed": f"{type(error).__name__}: {error}"})
+            report.failed.append(scope)
+            report.note(f"{scope}: failed, nothing published: {type(error).__name__}: {error}")

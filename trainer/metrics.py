@@ -22,6 +22,16 @@ VERDICTS = Counter(
     "hhh_trainer_verdicts", "Candidate adapters the gate published or refused, by scope kind.",
     ["scope_kind", "outcome"],
 )
+SCOPE_FAILURES = Counter(
+    "hhh_trainer_scope_failures",
+    "Scope rounds (global PPO, a user's DPO) that failed with an error; the round went on with "
+    "the next scope, and the error is in the log and the run record.",
+    ["scope_kind"],
+)
+ROUND_FAILURES = Counter(
+    "hhh_trainer_round_failures",
+    "Rounds that failed before their scopes (ingest, reward model); `hhh train` backs off and retries.",
+)
 REWARD_REFRESHES = Counter(
     "hhh_reward_refreshes_total",
     "Reward-model refresh checks by outcome (trained, up_to_date, or why the pairs were refused).",

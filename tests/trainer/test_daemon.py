@@ -24,8 +24,8 @@ from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
 from trainer.demo_model.feedback import politeness_events, publish_all
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.daemon import TrainingDaemon
-from trainer.metrics import VERDICTS
+from trainer.daemon import RoundReport, TrainingDaemon
+from trainer.metrics import SCOPE_FAILURES, VERDICTS
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
@@ -165,3 +165,24 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
     with SqliteEventLog(tmp_path / "events.db") as event_log, event_log.consumer(None, [ADAPTERS]) as reader:
         announced = [(r.event.scope, r.event.version) for r in reader.poll(max_records=10, timeout_s=1)]
     assert announced == [("global", 1)]
+
+
+def test_a_scope_that_fails_is_recorded_and_the_round_goes_on(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """One scope's error (a user's bad data, a broken adapter folder) is contained: logged,
+    counted, in the run record and the report; the next scope still runs."""
+    daemon = daemon_for(tmp_path, tiny_model_dir, SqliteEventLog(tmp_path / "events.db"))
+    report = RoundReport("r1")
+    failures_before = SCOPE_FAILURES.labels(scope_kind="user")._value.get()
+    ran = []
+
+    def broken() -> None:
+        raise OSError("adapter folder vanished")
+
+    daemon._locked(report, "user:ann", broken)
+    daemon._locked(report, "user:bo", lambda: ran.append("bo"))
+
+    assert report.failed == ["user:ann"] and ran == ["bo"]
+    assert report.steps == ["user:ann: failed, nothing published: OSError: adapter folder vanished"]
+    assert SCOPE_FAILURES.labels(scope_kind="user")._value.get() == failures_before + 1
+    (entry,) = [json.loads(line) for line in (tmp_path / "runs" / "r1.jsonl").read_text().splitlines()]
+    assert entry["kind"] == "user:ann" and entry["failed"] == "OSError: adapter folder vanished"
