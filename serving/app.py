@@ -37,7 +37,8 @@ from serving.errors import GatewayError
 from serving.feedback import LABELER, FeedbackService
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
-from serving.web.labeling import LabelingFollower, LabelingQueue, LabelingSettings, LabelingTask
+from serving.config import LabelingSettings
+from serving.web.labeling import LabelingFollower, LabelingQueue, LabelingTask
 from serving.web.pages import PAGE_ROUTES, install_pages
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer

@@ -1,4 +1,5 @@
-"""Settings of the gateway (environment variables ``HHH_GATEWAY_*``).
+"""Settings of the gateway (environment variables ``HHH_GATEWAY_*``) and of its labeler queue
+(``HHH_LABELING_*``); the adapter hot-swap has its own in `serving.adapters.config`.
 
 Secrets (API keys, the completion-id signing key) are ``SecretStr``: they never appear in
 logs, reprs or error messages. Invalid combinations are refused at start-up with the values.
@@ -122,3 +123,15 @@ class GatewaySettings(BaseSettings):
             path.touch(mode=0o600)
             path.write_text(secrets.token_hex(32))
         return path.read_text().strip().encode("utf-8")
+
+
+class LabelingSettings(BaseSettings):
+    """How many judgements an item needs and how long a labeler holds one (``HHH_LABELING_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_LABELING_", extra="forbid")
+
+    min_rankings: int = Field(default=3, ge=1, description="Labelers per item, at least.")
+    max_rankings: int = Field(default=5, ge=1, description="Labelers per item while they disagree.")
+    reservation_s: float = Field(default=300.0, gt=0, description="How long `next` holds an item.")
+    max_items: int = Field(default=10_000, ge=1, description="Newest items kept in memory.")
+    poll_s: float = Field(default=0.5, gt=0, description="How often the event log is read.")

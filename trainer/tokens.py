@@ -50,15 +50,16 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_value: int) -> tuple[torch
 
 
 def length_grouped_batches(
-    count: int, length_of: Callable[[int], int], batch_size: int, generator: torch.Generator
+    count: int, length_of: Callable[[int], int], batch_size: int, generator: torch.Generator,
+    *, window_batches: int = GROUP_BATCHES,
 ) -> list[list[int]]:
     """One epoch of shuffled batches of the indices 0..count-1, each of similar lengths.
 
     Padding to the longest item of a random batch can double the compute; sorting by
-    ``length_of(i)`` within random windows of `GROUP_BATCHES` batches, then shuffling the
+    ``length_of(i)`` within random windows of ``window_batches`` batches, then shuffling the
     batches, keeps the order random while each batch's items are alike in length.
     """
-    window = batch_size * GROUP_BATCHES
+    window = batch_size * window_batches
     order = torch.randperm(count, generator=generator).tolist()
     batches = []
     for start in range(0, count, window):

@@ -32,6 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trainer.demo_model.corpus import CORPUS_VERSION, Dialogue, generate_dialogues
 from trainer.demo_model.tokenizer import train_tokenizer
+from trainer.tokens import length_grouped_batches, pad_right
 
 BUILD_VERSION = 1
 """Bump whenever the training procedure changes, so cached models are rebuilt."""
@@ -272,35 +273,19 @@ def _train(
 def _length_grouped_batches(
     samples: list[Sample], batch_size: int, generator: torch.Generator
 ) -> Iterator[list[Sample]]:
-    """Yield shuffled batches forever, each drawn from samples of similar length.
-
-    Padding to the longest sample of a random batch would double the compute (lengths range
-    from about 20 to 250 tokens); sorting within windows of `_GROUP_BATCHES` batches keeps the
-    batches random while their samples have similar lengths.
-    """
-    window = batch_size * _GROUP_BATCHES
+    """Shuffled batches forever, each drawn from samples of similar length (`length_grouped_batches`:
+    lengths range from about 20 to 250 tokens, and padding a random batch to its longest sample
+    would double the compute)."""
     while True:
-        order = torch.randperm(len(samples), generator=generator).tolist()
-        batches = []
-        for start in range(0, len(order), window):
-            group = sorted(order[start : start + window], key=lambda i: len(samples[i][0]))
-            batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield [samples[i] for i in batches[b]]
+        for rows in length_grouped_batches(len(samples), lambda i: len(samples[i][0]), batch_size,
+                                           generator, window_batches=_GROUP_BATCHES):
+            yield [samples[i] for i in rows]
 
 
-def _collate(
-    batch: list[Sample], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(batch: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad a batch: (B, T) input ids, labels (padding ignored) and attention mask."""
-    length = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), length), pad_id)
-    labels = torch.full((len(batch), length), IGNORE_INDEX)
-    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, (ids, lbl) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lbl)] = torch.tensor(lbl)
-        attention_mask[row, : len(ids)] = 1
+    input_ids, attention_mask = pad_right([ids for ids, _ in batch], pad_id)
+    labels, _ = pad_right([labels for _, labels in batch], IGNORE_INDEX)
     return input_ids, labels, attention_mask
 
 
