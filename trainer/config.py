@@ -1,6 +1,6 @@
 """Settings of the trainer, one class per part: `TrainerSettings` (``HHH_TRAINER_*``),
 `RewardSettings` (``HHH_REWARD_*``), `PPOSettings` (``HHH_PPO_*``), `DPOSettings` (``HHH_DPO_*``)
-and `GateSettings` (``HHH_GATE_*``)."""
+`GateSettings` (``HHH_GATE_*``) and `EvalSettings` (``HHH_EVAL_*``, the `hhh eval` report)."""
 
 from __future__ import annotations
 
@@ -325,3 +325,38 @@ class GateSettings(BaseSettings):
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longest prompt, in tokens; longer ones lose their start.")
     batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")
+
+
+class EvalSettings(BaseSettings):
+    """How `hhh eval` compares adapter versions (environment ``HHH_EVAL_*``; the method:
+    `trainer.report.compare`). Its command-line options override these."""
+
+    model_config = SettingsConfigDict(env_prefix="HHH_EVAL_", extra="forbid")
+
+    judge: str = Field(
+        default="constitution",
+        description="Who scores the answers, never the reward model: 'constitution' (the demo's) or "
+        "the folder of a local Hugging Face sequence classifier (e.g. a toxicity classifier).",
+    )
+    judge_label: str = Field(
+        default="toxic", description="The classifier judge's label whose probability is scored."
+    )
+    judge_label_is_good: bool = Field(
+        default=False,
+        description="False: the score is 1 − P(judge_label) (a bad label, such as toxic); "
+        "True: P(judge_label).",
+    )
+    prompts: int = Field(default=64, ge=2, description="Held-out prompts to answer, at most.")
+    samples_per_prompt: int = Field(default=4, ge=1, description="Answers per prompt and version.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled answer.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Level of the two-sided confidence intervals."
+    )
+    max_prompt_tokens: int = Field(default=256, ge=1, description="Longest prompt, in tokens; longer ones lose their start.")
+    batch_size: int = Field(default=32, ge=1, description="Prompts per generate call.")
+    seed: int = Field(default=0, ge=0, description="Sampling seed (the report is reproducible).")
+    reports_dir: Path = Field(
+        default_factory=lambda: hhh_home() / "reports",
+        description="Where reports go, one folder each, unless --out names one.",
+    )

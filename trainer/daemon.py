@@ -47,8 +47,9 @@ from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSetting
 from trainer.evidence import AttemptLog, Evidence
 from trainer.gate import measure, pair_preferences, weighted_share
 from trainer.locks import ScopeBusy, scope_lock
-from trainer.metrics import LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
+from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
 from trainer.preferences.ingest import ingest_available
+from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
@@ -81,6 +82,17 @@ def use_threads(threads: int | None) -> None:
     """Run torch on ``threads`` CPU threads from now on (None: leave torch's choice)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def export_agreement(consensus: Consensus) -> None:
+    """Labeler agreement to Prometheus (``hhh_trainer_labeler_agreement``); NaN where undefined."""
+    scores = consensus.labeler_agreement.values()
+    for stat, value in (("krippendorff_alpha", consensus.krippendorff_alpha),
+                        ("pairwise", consensus.pairwise_agreement),
+                        ("lowest_labeler", min(scores, default=None)),
+                        ("labelers", len(consensus.labeler_agreement)),
+                        ("down_weighted", sum(w < 1 for w in consensus.labeler_weight.values()))):
+        LABELER_AGREEMENT.labels(stat=stat).set(float("nan") if value is None else value)
 
 
 class TrainingDaemon:
@@ -126,8 +138,10 @@ class TrainingDaemon:
             if RewardModelStore(self.reward.store_dir).latest() is None:
                 report.note("no reward model yet: no policy round")
                 return report
-            pairs = dataset.build_pairs(eval_percent=self.settings.eval_percent,
-                                        min_agreement=self.settings.min_agreement).pairs
+            pair_set = dataset.build_pairs(eval_percent=self.settings.eval_percent,
+                                           min_agreement=self.settings.min_agreement)
+            export_agreement(pair_set.consensus)
+            pairs = pair_set.pairs
             self._locked(report, "global", partial(self._global_round, report, dataset, pairs))
             for user, user_pairs in self._users_with_enough_pairs(pairs).items():
                 self._locked(report, f"user:{user}",
@@ -172,6 +186,8 @@ class TrainingDaemon:
                            missing_eos_penalty=self.ppo.missing_eos_penalty)
         record.write({"gate": decision.as_metrics()})
         self.attempts.record("global", evidence)
+        for stat, value in decision.manifest_metrics().items():
+            GATE_STAT.labels(scope_kind="global", stat=stat).set(value)
         metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
                    "kl_beta": trainer.kl_controller.beta}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
@@ -220,6 +236,8 @@ class TrainingDaemon:
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
                                "global": reference, "heldout_pairs": len(heldout)}})
         self.attempts.record(scope, evidence)
+        GATE_STAT.labels(scope_kind="user", stat="heldout_pair_agreement").set(candidate)
+        GATE_STAT.labels(scope_kind="user", stat="global_pair_agreement").set(reference)
         metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
                    "global_version": float(global_version or 0), **evidence.as_metrics()}
         self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,

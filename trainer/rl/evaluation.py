@@ -58,6 +58,10 @@ class PolicyEvaluation:
     """(N,) Σ_t exact KL(π_θ ‖ π_ref) over response i's tokens, nats."""
     kl_to_base: torch.Tensor
     """(N,) Σ_t exact KL(π_θ ‖ π_base), nats: the drift from the base over every round."""
+    responses: tuple[str, ...]
+    """The N sampled responses, in the order of the prompts."""
+    ended: torch.Tensor
+    """(N,) bool: did response i end (EOS) before the token limit?"""
 
     @property
     def reward_mean(self) -> float:
@@ -85,12 +89,14 @@ def evaluate_policy(
 ) -> PolicyEvaluation:
     """Sample `stack`'s policy once per prompt; rewards and exact KL to reference and base."""
     stack.peft_model.eval()
-    rewards, to_reference, to_base = [], [], []
+    rewards, to_reference, to_base, responses, ended = [], [], [], [], []
     for start in range(0, len(prompts), spec.batch_size):
         rollout = sample_rollout(stack, prompts[start : start + spec.batch_size],
                                  max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
                                  max_prompt_tokens=spec.max_prompt_tokens, merged=merged)
         rewards.append(_scored(rollout, reward_fn, spec))
+        responses += rollout.responses
+        ended.append(rollout.ended)
         layout = (rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
         logits = stack.policy_outputs(*layout)[0] / spec.temperature
         reference = stack.reference_logits(*layout) / spec.temperature
@@ -100,7 +106,8 @@ def evaluate_policy(
         else:
             base = stack.base_logits(*layout) / spec.temperature
             to_base.append((exact_token_kl(logits, base) * rollout.response_mask).sum(1))
-    return PolicyEvaluation(torch.cat(rewards), torch.cat(to_reference), torch.cat(to_base))
+    return PolicyEvaluation(torch.cat(rewards), torch.cat(to_reference), torch.cat(to_base),
+                            tuple(responses), torch.cat(ended))
 
 
 @torch.no_grad()
