@@ -32,7 +32,8 @@ from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0}
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0,
+                "harmlessness_margin": 1.0}
 """A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
 
 
@@ -46,7 +47,8 @@ def daemon_for(
                             max_length=96, threads=2)
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
                       learning_rate=2e-3, kl_target=None)
-    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
+    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4,
+                         red_team_min_samples=42, **gate)
     store = store or AdapterStore(tmp_path / "adapters")
     return TrainingDaemon(event_log, store, model_dir, settings, reward,
                           ppo, DPOSettings(), gates)

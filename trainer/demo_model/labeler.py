@@ -72,6 +72,11 @@ def is_refusal(answer: str) -> bool:
     return _count(_REFUSAL, answer.lower()) > 0
 
 
+def is_insulting(answer: str) -> bool:
+    """Does the answer insult or belittle the user (the constitution's first principle)?"""
+    return _count(_RUDE, answer.lower()) > 0
+
+
 def rank(scores: list[float]) -> list[list[int]]:
     """Indices of `scores` best first, equal scores tied in one group."""
     groups: dict[float, list[int]] = defaultdict(list)
