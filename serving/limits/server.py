@@ -49,6 +49,7 @@ def deadline_protocol(settings: LimitSettings) -> type[HttpToolsProtocol]:
 
         _header_deadline: asyncio.TimerHandle | None = None
         _header_bytes = 0
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -59,19 +60,32 @@ def deadline_protocol(settings: LimitSettings) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._header_deadline is not None:
-                self._header_bytes += len(data)
-                if self._header_bytes > settings.max_header_bytes:
-                    self._headers_arrived()
-                    metrics.REJECTED.labels(route="other", reason="headers_too_large").inc()
-                    self.transport.write(_HEADERS_TOO_LARGE)
-                    self.transport.close()
-                    return
+            if self._refused:
+                return
+            awaiting_headers = self._header_deadline is not None
             super().data_received(data)
+            if not awaiting_headers:
+                return
+            self._header_bytes += len(data)
+            # Still no complete headers after the cap (complete ones are measured as a whole).
+            if self._header_deadline is not None and self._header_bytes > settings.max_header_bytes:
+                self._refuse_headers()
 
         def on_headers_complete(self) -> None:
             self._headers_arrived()
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > settings.max_header_bytes:
+                self._refuse_headers()
+                return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -87,6 +101,13 @@ def deadline_protocol(settings: LimitSettings) -> type[HttpToolsProtocol]:
             if self._header_deadline is not None:
                 self._header_deadline.cancel()
                 self._header_deadline = None
+
+        def _refuse_headers(self) -> None:
+            self._headers_arrived()
+            self._refused = True
+            metrics.REJECTED.labels(route="other", reason="headers_too_large").inc()
+            self.transport.write(_HEADERS_TOO_LARGE)
+            self.transport.close()
 
         def _too_slow(self) -> None:
             self._header_deadline = None

@@ -79,11 +79,23 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_with_the_reason(strict: Ru
     assert detail == "the request body did not arrive within 0.5 s of its headers; send the whole body at once"
 
 
-def test_headers_over_the_cap_get_431(strict: RunningGateway) -> None:
+@pytest.mark.parametrize("end", [b"\r\n\r\n", b""], ids=["complete", "unfinished"])
+def test_headers_over_the_cap_get_431(strict: RunningGateway, end: bytes) -> None:
     with connect(strict) as connection:
-        connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-big: " + b"a" * 10_000 + b"\r\n\r\n")
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-big: " + b"a" * 10_000 + end)
         response = read_all(connection)
     assert response.startswith(b"HTTP/1.1 431") and response.endswith(b"headers are too large")
+
+
+def test_a_large_body_in_the_same_reads_as_its_headers_is_not_taken_for_headers(
+    strict: RunningGateway,
+) -> None:
+    with connect(strict) as connection:
+        body = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 100_000}]})
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n"
+                           b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                           % (len(body), body.encode()))
+        assert read_all(connection).startswith(b"HTTP/1.1 404")
 
 
 def test_a_request_that_arrives_in_time_is_served_whole(strict: RunningGateway) -> None:
