@@ -89,7 +89,8 @@ def deadline_protocol(settings: LimitSettings) -> type[HttpToolsProtocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
+            # The next request's headers are due, unless a pipelined one has them already.
+            if not self.transport.is_closing() and self.cycle.response_complete:
                 self._await_headers()
 
         def _await_headers(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,3 +103,26 @@ def test_a_request_that_arrives_in_time_is_served_whole(strict: RunningGateway) 
     body = {"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 500_000}]}
     response = httpx.post(f"{strict.url}/v1/chat/completions", json=body)
     assert response.status_code == 404 and "model 'gpt-4' does not exist" in response.json()["detail"]
+
+
+def test_beyond_its_connection_cap_the_server_answers_503(tmp_path: Path) -> None:
+    running = start_gateway(f"http://127.0.0.1:{free_port()}", tmp_path, ready_path="/healthz",
+                            limits=LimitSettings(max_connections=3))
+    try:
+        held = [connect(running) for _ in range(3)]
+        assert httpx.get(f"{running.url}/healthz").status_code == 503
+        for connection in held:
+            connection.close()
+        deadline = time.monotonic() + HELD_TOO_LONG_S
+        while httpx.get(f"{running.url}/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the server did not take connections again"
+            time.sleep(0.05)
+    finally:
+        running.stop()
+
+
+def test_pipelined_requests_are_all_answered(strict: RunningGateway) -> None:
+    with connect(strict) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n" * 3
+                           + b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n")
+        assert read_all(connection).count(b"HTTP/1.1 200 OK") == 4
