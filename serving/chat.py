@@ -148,9 +148,9 @@ class ChatService:
         self._signer = signer
         self._outbox = outbox
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
-        # A stream is timed by the engine's silence, not by its length: a client that reads
-        # slowly holds the engine's output back (reading pauses), which must not look like a
-        # failed engine (aiohttp's sock_read stops while reading is paused).
+        # A stream is timed by the engine's silence, not by its length: under a total deadline
+        # a stream that a client reads slowly outlives it, and the healthy engine was marked
+        # down. sock_read also stops while the client's pace has paused reading.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.request_timeout_s, sock_read=settings.request_timeout_s
         )
