@@ -9,6 +9,8 @@ model shares the policy's base weights, so they must live on one device anyway.
 - device ``auto``: the first CUDA GPU when torch sees one, else the CPU (the only fallback;
   ``cuda``/``cuda:N`` where torch sees no such GPU is an error that says what to set);
 - dtype ``auto``: bfloat16 on a GPU that supports it, else float32 (always float32 on CPU);
+  float16 only when asked for: without loss scaling (there is none here) small gradients of
+  the activations can underflow to zero, which bfloat16's wider exponent avoids;
 - mixed precision, by storage rather than by autocast: the frozen base weights are held in
   the dtype (half the memory in bf16), while every trainable tensor — the LoRA adapters (PEFT
   keeps them in float32: ``autocast_adapter_dtype``), value heads and a classifier's score

@@ -85,7 +85,8 @@ def test_bf16_log_probabilities_stay_close_to_float32_ones(tiny_model_dir: Path,
     rollout = sample_rollout(full, training_prompts(8), max_new_tokens=8, temperature=1.0, max_prompt_tokens=64)
     layout = (rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
     with torch.no_grad():
-        (full_logits, full_values), (half_logits, half_values) = full.policy_outputs(*layout), half.policy_outputs(*layout)
+        full_logits, _ = full.policy_outputs(*layout)
+        half_logits, half_values = half.policy_outputs(*layout)
     assert half_logits.dtype == torch.bfloat16 and half_values.dtype == torch.float32
     mask = rollout.response_mask.bool()
     gap = (token_logprobs(full_logits, rollout.response_ids) - token_logprobs(half_logits, rollout.response_ids))[mask]
