@@ -93,7 +93,8 @@ class TrainerSettings(BaseSettings):
     dtype: DtypeSetting = Field(
         default="auto",
         description="dtype of the frozen base weights and activations: auto (bfloat16 on a GPU "
-        "that supports it, else float32; always float32 on CPU), float32, bfloat16 or float16. "
+        "that computes in it natively, Ampere or later; else float32, always on CPU), float32, "
+        "bfloat16 or float16. "
         "Adapters, value and reward heads and their optimiser state stay float32; log-probs, KL "
         "and GAE are computed in float32. float16 has no loss scaling: prefer bfloat16 or float32.",
     )

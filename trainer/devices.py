@@ -8,7 +8,8 @@ model shares the policy's base weights, so they must live on one device anyway.
 
 - device ``auto``: the first CUDA GPU when torch sees one, else the CPU (the only fallback;
   ``cuda``/``cuda:N`` where torch sees no such GPU is an error that says what to set);
-- dtype ``auto``: bfloat16 on a GPU that supports it, else float32 (always float32 on CPU);
+- dtype ``auto``: bfloat16 on a GPU that supports it natively, else float32 (always float32
+  on CPU);
   float16 only when asked for: without loss scaling (there is none here) small gradients of
   the activations can underflow to zero, which bfloat16's wider exponent avoids;
 - mixed precision, by storage rather than by autocast: the frozen base weights are held in
@@ -90,16 +91,23 @@ def resolve_placement(device: str, dtype: DtypeSetting, gradient_checkpointing: 
                                 "HHH_TRAINER_DEVICE=cpu, or auto to use a GPU only where there is one")
             resolved = torch.device("cuda", index)
     if dtype == "auto":
-        bf16 = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
-        torch_dtype = torch.bfloat16 if bf16 else torch.float32
+        torch_dtype = torch.bfloat16 if resolved.type == "cuda" and _native_bf16(resolved) else torch.float32
     elif dtype in DTYPES:
         torch_dtype = DTYPES[dtype]
     else:
         raise UserError(f"HHH_TRAINER_DTYPE={dtype!r} is not a dtype; use auto, {', '.join(DTYPES)}")
-    if resolved.type == "cuda" and torch_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+    if resolved.type == "cuda" and torch_dtype == torch.bfloat16 and not _native_bf16(resolved):
         raise UserError(f"HHH_TRAINER_DTYPE=bfloat16 but {torch.cuda.get_device_name(resolved)} does not "
-                        "support it; set HHH_TRAINER_DTYPE=float16 or auto")
+                        "compute in it natively (it would be emulated, slower than float32); set "
+                        "HHH_TRAINER_DTYPE=auto or float32")
     return Placement(resolved, torch_dtype, gradient_checkpointing)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether that GPU computes in bfloat16 natively (Ampere or later, or ROCm); torch's default
+    answer also counts emulated bf16, which is slower than float32."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def keep_trainable_float32(model: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,11 +18,13 @@ from trainer.devices import ShrinkingMicroBatch, placement_of, resolve_placement
 
 
 def fake_gpus(monkeypatch: pytest.MonkeyPatch, count: int, *, bf16: bool = True) -> None:
-    """Make torch report ``count`` CUDA GPUs (bf16-capable or not) without touching any."""
+    """Make torch report ``count`` CUDA GPUs without touching any; without native bf16 they
+    still emulate it, as pre-Ampere GPUs do (torch's default answer is then True)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "device", lambda *_: contextlib.nullcontext())
 
 
 def test_auto_is_the_cpu_in_float32_where_there_is_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +61,7 @@ def test_a_gpu_that_is_not_there_is_refused_with_what_to_set(
 
 def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_gpus(monkeypatch, 1, bf16=False)
-    with pytest.raises(UserError, match="Fake GPU does not support it; set HHH_TRAINER_DTYPE=float16"):
+    with pytest.raises(UserError, match="Fake GPU does not compute in it natively.*set HHH_TRAINER_DTYPE=auto"):
         resolve_placement("cuda", "bfloat16")
 
 
