@@ -110,6 +110,9 @@ class TrainingDaemon:
         self.placement = placement_of(settings)
         """Where every step computes (``HHH_TRAINER_DEVICE``/``_DTYPE``): a GPU the settings
         name that torch does not see is a `UserError` here, at start-up."""
+        logger.info("trainer computes on %s, base weights in %s, gradient checkpointing %s",
+                    self.placement.device, str(self.placement.dtype).removeprefix("torch."),
+                    "on" if self.placement.gradient_checkpointing else "off")
 
     def announce_current(self) -> None:
         """Re-send every scope's current version (closes a kill between store write and event)."""
