@@ -72,10 +72,12 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.demo_model.build import build_demo_model
+    from trainer.devices import placement_of
     from trainer.metrics import ROUND_FAILURES
     from trainer.reward.refresh import on_policy_base
 
     settings, reward = TrainerSettings(), RewardSettings()
+    placement_of(settings)  # a GPU that is not there is refused before the demo model is built
     # The served model; where only the reward model's base is configured, that one.
     base_model = settings.base_model or reward.base_model or build_demo_model("demo", home=hhh_home())
     reward = on_policy_base(reward, base_model)
@@ -110,9 +112,11 @@ def _train_reward(args: argparse.Namespace) -> int:
     from trainer.config import RewardSettings, TrainerSettings
     from trainer.preferences.ingest import ingest_available
     from trainer.preferences.store import DatasetStore
+    from trainer.devices import placement_of
     from trainer.reward.refresh import on_policy_base, refresh_reward_model
 
     trainer_settings = TrainerSettings()
+    placement = placement_of(trainer_settings)  # a GPU that is not there: refused before any work
     settings = on_policy_base(RewardSettings(), trainer_settings.base_model)
     while True:
         dataset = DatasetStore(trainer_settings.dataset_path)
@@ -122,7 +126,7 @@ def _train_reward(args: argparse.Namespace) -> int:
         finally:
             dataset.close()
         logger.info("reward_ingest new_events=%d", stored)
-        outcome = refresh_reward_model(trainer_settings, settings)
+        outcome = refresh_reward_model(trainer_settings, settings, placement=placement)
         print(outcome.message, flush=True)
         if args.once:
             return 1 if outcome.status == "refused" else 0
@@ -137,6 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from streams.config import hhh_home
     from trainer.config import EvalSettings, RewardSettings, TrainerSettings
     from trainer.demo_model.build import build_demo_model
+    from trainer.devices import placement_of
     from trainer.judges import load_judge
     from trainer.report.compare import EvalSpec, compare_versions
     from trainer.report.render import ReportSetup, gate_history, write_report
@@ -156,11 +161,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     judge = load_judge(settings.judge, label=settings.judge_label, label_is_good=settings.judge_label_is_good)
     reward = on_policy_base(RewardSettings(), base_model)
     reward_version = RewardModelStore(reward.store_dir).latest()
-    scorer = RewardScorer.from_store(reward) if reward_version is not None else None
+    placement = placement_of(trainer_settings)
+    scorer = RewardScorer.from_store(reward, placement=placement) if reward_version is not None else None
     spec = EvalSpec(SamplingSpec(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                  max_prompt_tokens=settings.max_prompt_tokens,
                                  batch_size=settings.batch_size),
-                    settings.samples_per_prompt, settings.confidence, settings.seed)
+                    settings.samples_per_prompt, settings.confidence, settings.seed, placement)
     results = compare_versions(base_model, versions, prompts, judge,
                                scorer.score if scorer else None, spec)
     now = datetime.now(timezone.utc)

@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.config import hhh_home
 
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+"""What ``HHH_TRAINER_DEVICE`` may be (resolved by `trainer.devices.resolve_placement`)."""
+DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
+
 
 class TrainerSettings(BaseSettings):
     """Where the trainer keeps its dataset, and how it turns feedback into pairs."""
@@ -79,6 +83,25 @@ class TrainerSettings(BaseSettings):
         default=0.05, ge=0,
         description="A personal adapter is published if it agrees with the user's held-out pairs "
         "better than the global adapter by this much.",
+    )
+    device: str = Field(
+        default="auto", pattern=f"^(?:{DEVICE_PATTERN})$",
+        description="Where PPO, the reward model, DPO and the gate compute: cpu, cuda, cuda:N, or "
+        "auto (the first CUDA GPU if torch sees one, else the CPU). A GPU that torch does not see "
+        "is an error at start-up; only auto falls back to the CPU.",
+    )
+    dtype: DtypeSetting = Field(
+        default="auto",
+        description="dtype of the frozen base weights and activations: auto (bfloat16 on a GPU "
+        "that computes in it natively, Ampere or later; else float32, always on CPU), float32, "
+        "bfloat16 or float16. "
+        "Adapters, value and reward heads and their optimiser state stay float32; log-probs, KL "
+        "and GAE are computed in float32. float16 has no loss scaling: prefer bfloat16 or float32.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute decoder-layer activations in the backward pass (PPO, DPO, reward "
+        "training): less activation memory for about a third more compute.",
     )
 
 
@@ -273,6 +296,12 @@ class DPOSettings(BaseSettings):
     learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=8, ge=1, description="Pairs per optimiser step.")
+    micro_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Pairs per forward/backward pass; gradients accumulate over a batch (same "
+        "step, activation memory of one micro-batch; halved on a GPU out-of-memory error). "
+        "Unset: the whole batch at once.",
+    )
     epochs: int = Field(default=3, ge=1, description="Passes over the user's training pairs.")
     max_length: int = Field(default=512, ge=8, description="Tokens per (prompt, response); longer prompts lose their start.")
     seed: int = Field(default=0, description="Seed of adapter init and batch order.")

@@ -46,6 +46,7 @@ from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.devices import placement_of
 from trainer.evidence import AttemptLog, Evidence
 from trainer.gate import (
     AdapterScores,
@@ -133,6 +134,12 @@ class TrainingDaemon:
         self.gate = gate
         self.attempts = AttemptLog(settings.runs_dir)
         self._harmlessness: RewardFn | None = None
+        self.placement = placement_of(settings)
+        """Where every step computes (``HHH_TRAINER_DEVICE``/``_DTYPE``): a GPU the settings
+        name that torch does not see is a `UserError` here, at start-up."""
+        logger.info("trainer computes on %s, base weights in %s, gradient checkpointing %s",
+                    self.placement.device, str(self.placement.dtype).removeprefix("torch."),
+                    "on" if self.placement.gradient_checkpointing else "off")
 
     def announce_current(self) -> None:
         """Re-send every scope's current version (closes a kill between store write and event)."""
@@ -148,7 +155,8 @@ class TrainingDaemon:
         try:
             stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s)
             report.note(f"ingested {stored} new events")
-            outcome = refresh_reward_model(self.settings, self.reward, progress=False)
+            outcome = refresh_reward_model(self.settings, self.reward, progress=False,
+                                           placement=self.placement)
             report.note(f"reward model: {outcome.message}")
             if RewardModelStore(self.reward.store_dir).latest() is None:
                 report.note("no reward model yet: no policy round")
@@ -189,7 +197,7 @@ class TrainingDaemon:
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
             lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
-            share_base=True, seed=self.ppo.seed,
+            share_base=True, seed=self.ppo.seed, placement=self.placement,
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
@@ -239,7 +247,8 @@ class TrainingDaemon:
             return
         global_version = self.adapters.state("global").desired
         use_threads(self.dpo.threads)
-        stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo)
+        stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo,
+                               self.placement)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
         DPOTrainer(stack, self.dpo, record).train(train)
         candidate_prefers, global_prefers = pair_preferences(stack, heldout, self.gate)

@@ -290,7 +290,8 @@ def measure_harmlessness(
 def pair_preferences(
     stack: PolicyStack, pairs: Sequence[TextPair], settings: GateSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy's, reference's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one)."""
+    """(policy's, reference's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one),
+    on the CPU."""
     if not pairs:
         raise ValueError("pair preferences need at least one pair")
     logprobs: dict[str, list[torch.Tensor]] = {"policy": [], "reference": []}
@@ -311,5 +312,5 @@ def pair_preferences(
     verdicts = []
     for name in ("policy", "reference"):
         both = torch.cat(logprobs[name], dim=1)
-        verdicts.append(prefers_chosen(both[0], counts[0], both[1], counts[1]))
+        verdicts.append(prefers_chosen(both[0], counts[0], both[1], counts[1]).cpu())
     return verdicts[0], verdicts[1]

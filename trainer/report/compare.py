@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from serving.adapters.store import Manifest
+from trainer.devices import CPU, Placement
 from trainer.judges import Judge, last_user_message
 from trainer.rl.evaluation import RewardFn, SamplingSpec, evaluate_policy
 from trainer.rl.models import load_policy_stack, lora_config
@@ -59,12 +60,13 @@ class VersionToEvaluate:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How every version is sampled and how sure the intervals are."""
+    """How every version is sampled, where, and how sure the intervals are."""
 
     sampling: SamplingSpec
     samples_per_prompt: int
     confidence: float
     seed: int
+    placement: Placement = CPU
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def _sample_version(
 ) -> _Sampled:
     k = spec.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]  # prompt j's answers are a block
-    stack = load_policy_stack(base_model, version.adapter, lora_config(4, 8, ["q_proj"]), share_base=True)
+    stack = load_policy_stack(base_model, version.adapter, lora_config(4, 8, ["q_proj"]), share_base=True,
+                              placement=spec.placement)
     torch.manual_seed(seed)
     evaluation = evaluate_policy(stack, _unscored, repeated, spec.sampling)
     del stack
