@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.encodable import EncodableRequest
 from streams.events import ChatMessage, Criterion
+from streams.user_ids import UserId
 
 
 class TextPart(BaseModel):
@@ -54,7 +56,7 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(EncodableRequest):
     """``POST /v1/chat/completions``: the OpenAI fields that a vLLM text model serves."""
 
     model_config = ConfigDict(extra="forbid")
@@ -105,15 +107,13 @@ class ChatCompletionRequest(BaseModel):
 
 CompletionId = Annotated[str, Field(min_length=1, max_length=1024)]
 UserField = Annotated[
-    str | None,
-    Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
-        description="The caller when auth is off; ignored when an API key names the caller.",
-    ),
+    UserId | None,
+    Field(default=None,
+          description="The caller when auth is off; ignored when an API key names the caller."),
 ]
 
 
-class ThumbsRequest(BaseModel):
+class ThumbsRequest(EncodableRequest):
     """``POST /v1/feedback``: a thumbs up or down on one completion."""
 
     model_config = ConfigDict(extra="forbid")
@@ -125,7 +125,7 @@ class ThumbsRequest(BaseModel):
     user: UserField
 
 
-class RankingRequest(BaseModel):
+class RankingRequest(EncodableRequest):
     """``POST /v1/rankings``: completions of one prompt, best first, ties as groups.
 
     ``ranking`` items are ids or lists of ids (a tie group): ``["a", ["b", "c"], "d"]``.
@@ -136,8 +136,9 @@ class RankingRequest(BaseModel):
     ranking: list[CompletionId | list[CompletionId]] = Field(min_length=1, max_length=128)
     unusable: list[CompletionId] = Field(default_factory=list, max_length=128)
     criterion: Criterion = "helpfulness"
-    labeler_id: str | None = Field(
-        default=None, max_length=128, description="Whose judgement (labelers only); default: caller."
+    labeler_id: UserId | None = Field(
+        default=None,
+        description="Whose judgement (labelers only: one of the key's labeler_ids); default: caller.",
     )
     user: UserField
 
