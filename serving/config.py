@@ -21,7 +21,6 @@ from typing import Any, Literal
 from pydantic import (
     BaseModel,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -173,8 +172,6 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Per request to an engine.")
     health_interval_s: float = Field(default=1.0, gt=0, description="Engine health-check period.")
-    _key_table: dict[str, ApiKey] = PrivateAttr(default_factory=dict)
-
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_are_valid(cls, keys: Any) -> Any:
@@ -209,7 +206,6 @@ class GatewaySettings(BaseSettings):
                     f"{name} must be a random secret of at least {_MIN_SIGNING_KEY_CHARS} "
                     f"characters, not a placeholder (got {len(key)} characters)"
                 )
-        self._key_table = parse_key_table(self.api_keys, "api_keys")
         return self
 
     @property
@@ -221,7 +217,7 @@ class GatewaySettings(BaseSettings):
         """SHA-256 of each API key -> its owner, from ``api_keys`` or ``api_keys_file`` (read
         now: the gateway calls this at start-up); a `UserError` for a bad file or entry."""
         if self.api_keys_file is None:
-            return dict(self._key_table)
+            return parse_key_table(self.api_keys, "api_keys")
         source = str(self.api_keys_file)
         try:
             document = json.loads(self.api_keys_file.read_text())
