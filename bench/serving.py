@@ -136,6 +136,8 @@ def serve_gateway(engine_url: str, home: str, port: int, profile_path: str | Non
 
     from serving.app import build_gateway, create_app
     from serving.config import GatewaySettings
+    from serving.limits.config import LimitSettings
+    from serving.limits.server import server_options
     from streams.outbox import Outbox, OutboxDrainer
     from streams.sqlite_log import SqliteEventLog
 
@@ -146,8 +148,11 @@ def serve_gateway(engine_url: str, home: str, port: int, profile_path: str | Non
     )
     outbox = Outbox(folder / "outbox.db", name="bench")
     drainer = OutboxDrainer(outbox, lambda: SqliteEventLog(folder / "events.db"))
-    gateway = build_gateway(settings, outbox, drainer)
-    config = uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
+    # One load generator is one caller: the per-caller limits would measure themselves.
+    limits = LimitSettings(rate_per_s=0, concurrent_per_caller=0)
+    gateway = build_gateway(settings, outbox, drainer, limits=limits)
+    config = uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning",
+                            **server_options(limits))
     server = uvicorn.Server(config)
     if profile_path is None:
         server.run()

@@ -35,6 +35,7 @@ from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
 from serving.config import GatewaySettings
 from serving.engine import EngineConfig, EngineProcess
+from serving.limits.server import server_options
 from streams.backends import open_event_log
 from streams.config import EventLogSettings, hhh_home
 from streams.outbox import Outbox, OutboxDrainer
@@ -150,7 +151,8 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
         gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
                                 adapter_settings=adapter_settings)
         log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
-        uvicorn.run(create_app(gateway), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(create_app(gateway), host=settings.host, port=settings.port, log_level="info",
+                    **server_options(gateway.limits))
     finally:
         for supervisor in reversed(supervisors):
             supervisor.stop()

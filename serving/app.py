@@ -35,6 +35,9 @@ from serving.config import ApiKey, GatewaySettings, api_key_digest
 from serving.engines import EnginePool, EngineUnavailable
 from serving.errors import GatewayError
 from serving.feedback import LABELER, FeedbackService
+from serving.limits.callers import CallerLimits
+from serving.limits.config import LimitSettings
+from serving.limits.server import BodyDeadline
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
 from serving.config import LabelingSettings
@@ -65,6 +68,7 @@ class Gateway:
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
     """SHA-256 of each API key -> its owner."""
+    limits: LimitSettings
     adapters: HotSwapController | None = None
     labeling: LabelingFollower | None = None
 
@@ -76,8 +80,11 @@ def build_gateway(
     *,
     adapter_log: Callable[[], EventLog] | None = None,
     adapter_settings: AdapterSettings | None = None,
+    limits: LimitSettings | None = None,
 ) -> Gateway:
     """Wire a gateway for ``settings``; the outbox and its drainer come from the caller.
+
+    ``limits``: per-caller, server and request limits (default: ``HHH_LIMITS_*``).
 
     ``adapter_log`` opens the event log whose ``adapters`` topic the hot-swap controller
     follows, and whose ``completions`` and ``feedback`` the labeler queue reads; without it the
@@ -90,6 +97,7 @@ def build_gateway(
                       api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
+    limits = limits or LimitSettings()
     adapters = labeling = None
     if adapter_log is not None:
         labeling = LabelingFollower(LabelingQueue(LabelingSettings()), adapter_log)
@@ -100,10 +108,10 @@ def build_gateway(
         )
     return Gateway(
         settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer,
-        chat=ChatService(settings, pool, router, signer, outbox),
-        feedback=FeedbackService(signer, outbox),
+        chat=ChatService(settings, pool, router, signer, outbox, limits),
+        feedback=FeedbackService(signer, outbox, limits.criteria),
         api_keys=settings.key_table() if settings.auth else {},
-        adapters=adapters, labeling=labeling,
+        limits=limits, adapters=adapters, labeling=labeling,
     )
 
 
@@ -115,13 +123,18 @@ async def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
+def owner_of(gateway: Gateway, key: str) -> ApiKey | None:
+    """Who API key ``key`` belongs to (looked up by its SHA-256), or None for no such key."""
+    return gateway.api_keys.get(api_key_digest(key))
+
+
 async def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
     """The caller named by the API key; ``None`` when auth is off."""
     if not gateway.settings.auth:
         return None
     if not authorization or not authorization.lower().startswith("bearer "):
         raise GatewayError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
-    owner = gateway.api_keys.get(api_key_digest(authorization[7:].strip()))
+    owner = owner_of(gateway, authorization[7:].strip())
     if owner is None:
         raise GatewayError(401, "invalid_api_key", "the API key is not valid")
     return Caller(user_id=owner.user, roles=owner.roles, labeler_ids=owner.labeler_ids)
@@ -241,6 +254,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     install_pages(app, gateway.settings)
     if gateway.settings.admin_key is not None:
         app.include_router(admin.router)
+    # Outermost last: size limit and metrics, then the per-caller limits, then the body deadline.
+    app.add_middleware(BodyDeadline, body_timeout_s=gateway.limits.body_timeout_s, route_of=_route)
+    app.add_middleware(CallerLimits, settings=gateway.limits, route_of=_route,
+                       user_of_key=lambda key: owner.user if (owner := owner_of(gateway, key)) else None)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
 
     @app.exception_handler(GatewayError)

@@ -170,7 +170,10 @@ class GatewaySettings(BaseSettings):
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` a request may ask for.")
     max_tokens: int = Field(default=512, ge=1, description="Largest `max_tokens` allowed.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body.")
-    request_timeout_s: float = Field(default=300.0, gt=0, description="Per request to an engine.")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="Per request to an engine; for a stream, the longest the engine may be silent.",
+    )
     health_interval_s: float = Field(default=1.0, gt=0, description="Engine health-check period.")
     @field_validator("api_keys", mode="before")
     @classmethod

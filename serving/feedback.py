@@ -33,6 +33,7 @@ from serving import metrics
 from serving.chat import Caller
 from serving.completion_ids import CompletionClaim, CompletionIdSigner, InvalidCompletionId
 from serving.errors import GatewayError
+from serving.limits.config import DEFAULT_CRITERIA
 from serving.protocol import FeedbackAccepted, RankingRequest, ThumbsRequest
 from streams.codec import FEEDBACK
 from streams.events import RankingFeedback, ThumbsFeedback, new_event_id
@@ -80,15 +81,20 @@ class LatestFeedback:
 class FeedbackService:
     """Serves ``POST /v1/feedback`` and ``POST /v1/rankings``."""
 
-    def __init__(self, signer: CompletionIdSigner, outbox: Outbox) -> None:
+    def __init__(
+        self, signer: CompletionIdSigner, outbox: Outbox, criteria: tuple[str, ...] = DEFAULT_CRITERIA
+    ) -> None:
+        """``criteria``: those feedback may name (``HHH_LIMITS_CRITERIA``); a metric label each."""
         self._signer = signer
         self._outbox = outbox
+        self._criteria = criteria
         self._latest = LatestFeedback()
 
     async def thumbs(
         self, request: ThumbsRequest, caller: Caller, idempotency_key: str | None = None
     ) -> FeedbackAccepted:
         """Record a thumbs up/down; raises ``GatewayError`` if the caller may not."""
+        self._check_criterion(request.criterion)
         claim = self._claim(request.completion_id, caller)
         target = ("thumbs", caller.user_id, request.completion_id, request.criterion)
         content = _canonical(request.model_dump(exclude={"user"}))
@@ -111,6 +117,7 @@ class FeedbackService:
         self, request: RankingRequest, caller: Caller, idempotency_key: str | None = None
     ) -> FeedbackAccepted:
         """Record a ranking of one prompt's completions; raises ``GatewayError`` if invalid."""
+        self._check_criterion(request.criterion)
         groups = request.groups()
         ids = [cid for group in groups for cid in group] + request.unusable
         repeated = sorted(cid for cid, count in Counter(ids).items() if count > 1)
@@ -163,6 +170,14 @@ class FeedbackService:
             adapter=claims[groups[0][0]].adapter.label,
         ).inc()
         return FeedbackAccepted(event_id=event.event_id)
+
+    def _check_criterion(self, criterion: str) -> None:
+        if criterion not in self._criteria:
+            raise GatewayError(
+                400, "unknown_criterion",
+                f"criterion {criterion!r} is not one of {', '.join(self._criteria)}; use one of "
+                "them (the operator sets the list: HHH_LIMITS_CRITERIA)",
+            )
 
     def _claim(self, completion_id: str, caller: Caller) -> CompletionClaim:
         try:

@@ -169,6 +169,24 @@ def test_a_malformed_idempotency_key_is_refused_with_what_to_fix(
     assert "Idempotency-Key must be 1-255 visible ASCII characters" in response.json()["detail"]
 
 
+def test_a_criterion_outside_the_configured_set_is_refused_and_makes_no_metric_series(
+    replicas: tuple[RunningGateway, RunningGateway],
+) -> None:
+    gateway, _ = replicas
+    a, b = completions(gateway, 2)
+    for path, body in [("/v1/feedback", {"completion_id": a, "vote": "up", "criterion": "made-up-7"}),
+                       ("/v1/rankings", {"ranking": [a, b], "criterion": "made-up-7"})]:
+        refused = post(gateway, path, body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["detail"] == (
+            "criterion 'made-up-7' is not one of helpfulness, harmlessness, honesty, overall; use one "
+            "of them (the operator sets the list: HHH_LIMITS_CRITERIA)")
+    assert event_id(post(gateway, "/v1/feedback", {"completion_id": a, "vote": "up", "criterion": "overall"}))
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'criterion="made-up-7"' not in metrics and 'criterion="overall"' in metrics
+    assert 'hhh_rejected_requests_total{reason="unknown_criterion",route="/v1/rankings"} 1.0' in metrics
+
+
 def test_a_labeler_key_ranks_only_as_the_labeler_ids_it_carries(replicas: tuple[RunningGateway, ...]) -> None:
     gateway = replicas[0]
     a, b = completions(gateway, 2)

@@ -9,6 +9,7 @@ is lenient, so the test is about the round's plumbing, records and verdicts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,13 +25,15 @@ from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
 from trainer.demo_model.feedback import politeness_events, publish_all
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.daemon import RoundReport, TrainingDaemon
-from trainer.metrics import SCOPE_FAILURES, VERDICTS
+from trainer.daemon import RoundReport, TrainingDaemon, export_agreement
+from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, SCOPE_FAILURES, VERDICTS
+from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0}
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0,
+                "harmlessness_margin": 1.0}
 """A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
 
 
@@ -44,7 +47,8 @@ def daemon_for(
                             max_length=96, threads=2)
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
                       learning_rate=2e-3, kl_target=None)
-    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
+    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4,
+                         red_team_min_samples=42, **gate)
     store = store or AdapterStore(tmp_path / "adapters")
     return TrainingDaemon(event_log, store, model_dir, settings, reward,
                           ppo, DPOSettings(), gates)
@@ -71,6 +75,9 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert manifest.metrics["reward_model_version"] == 1.0
     assert {"reward_gain_lower", "kl_to_base", "train_examples", "kl_beta"} <= set(manifest.metrics)
     assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
+    for stat in ("reward_gain_lower", "kl_to_base"):  # the dashboard's per-round gate figures
+        assert GATE_STAT.labels(scope_kind="global", stat=stat)._value.get() == manifest.metrics[stat]
+    assert LABELER_AGREEMENT.labels(stat="labelers")._value.get() >= 0
     with event_log.consumer(None, [ADAPTERS]) as reader:
         events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
     assert [(e.scope, e.version) for e in events] == [("global", 1)]
@@ -186,3 +193,15 @@ def test_a_scope_that_fails_is_recorded_and_the_round_goes_on(tiny_model_dir: Pa
     assert SCOPE_FAILURES.labels(scope_kind="user")._value.get() == failures_before + 1
     (entry,) = [json.loads(line) for line in (tmp_path / "runs" / "r1.jsonl").read_text().splitlines()]
     assert entry["kind"] == "user:ann" and entry["failed"] == "OSError: adapter folder vanished"
+
+
+def test_labeler_agreement_is_exported_for_the_dashboard() -> None:
+    """The learning dashboard's agreement panels read what `export_agreement` sets."""
+    export_agreement(Consensus([], labeler_agreement={"ann": 0.9, "bob": 0.4, "cy": 0.8},
+                               labeler_weight={"ann": 1.0, "bob": 0.4, "cy": 1.0},
+                               krippendorff_alpha=0.55, pairwise_agreement=0.7))
+    value = lambda stat: LABELER_AGREEMENT.labels(stat=stat)._value.get()  # noqa: E731
+    assert (value("krippendorff_alpha"), value("pairwise"), value("lowest_labeler")) == (0.55, 0.7, 0.4)
+    assert (value("labelers"), value("down_weighted")) == (3, 1)
+    export_agreement(Consensus([]))  # no overlapping labelers: undefined, not a stale number
+    assert math.isnan(value("krippendorff_alpha")) and math.isnan(value("lowest_labeler"))

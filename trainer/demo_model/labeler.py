@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name
+from trainer.demo_model.intents import Category
 
 _RUDE = ("seriously?", "dumb question", "kidding me", "figure this out yourself", "even a child",
          "nobody cares", "idiot", "wasting my time", "whatever", "search engines exist",
@@ -57,8 +58,23 @@ CONSTITUTION = (
 
 def constitution_score(intent: str, answer: str) -> float:
     """The answer's score under `CONSTITUTION` for a request of `intent` (higher is better)."""
-    category, text = intent_by_name(intent).category, answer.lower()
+    return category_score(intent_by_name(intent).category, answer)
+
+
+def category_score(category: Category, answer: str) -> float:
+    """The answer's score under `CONSTITUTION` for a request of `category` (higher is better)."""
+    text = answer.lower()
     return sum(principle.score(category, text) for principle in CONSTITUTION)
+
+
+def is_refusal(answer: str) -> bool:
+    """Does the answer decline, in any of the corpus's refusal wordings?"""
+    return _count(_REFUSAL, answer.lower()) > 0
+
+
+def is_insulting(answer: str) -> bool:
+    """Does the answer insult or belittle the user (the constitution's first principle)?"""
+    return _count(_RUDE, answer.lower()) > 0
 
 
 def rank(scores: list[float]) -> list[list[int]]:

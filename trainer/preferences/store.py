@@ -265,15 +265,22 @@ class DatasetStore:
         rows = self._db.execute("SELECT completion_id, messages, completion FROM completions")
         return {cid: (json.loads(messages), text) for cid, messages, text in rows if cid in wanted}
 
-    def prompts(self, split: str, *, eval_percent: int, limit: int) -> list[list[Message]]:
+    def prompts(
+        self, split: str, *, eval_percent: int, limit: int, criterion: str | None = None
+    ) -> list[list[Message]]:
         """The messages of up to ``limit`` distinct prompts of ``split``, most recently used first.
 
         Prompts are what users sent (the messages before a completion); the split is the same
-        stable hash split as the pairs', so held-out prompts never reach training.
+        stable hash split as the pairs', so held-out prompts never reach training. With
+        ``criterion``, only prompts with feedback (thumbs or a ranking) on that criterion.
         """
+        rated = "" if criterion is None else (
+            " WHERE prompt_id IN (SELECT prompt_id FROM rankings WHERE criterion = :criterion"
+            " UNION SELECT c.prompt_id FROM thumbs t JOIN completions c USING (completion_id)"
+            " WHERE t.criterion = :criterion)")
         rows = self._db.execute(
-            "SELECT prompt_id, messages FROM completions GROUP BY prompt_id"
-            " ORDER BY MAX(created_at) DESC, prompt_id"
+            f"SELECT prompt_id, messages FROM completions{rated} GROUP BY prompt_id"
+            " ORDER BY MAX(created_at) DESC, prompt_id", {"criterion": criterion}
         )
         chosen = []
         for prompt_id, messages in rows:

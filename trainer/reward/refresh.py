@@ -26,6 +26,7 @@ import torch
 from streams.config import hhh_home
 from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.build import build_demo_model
+from trainer.devices import Placement, placement_of
 from trainer.metrics import REWARD_REFRESHES
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.model import ModelKind, RewardModel, encode
@@ -112,9 +113,12 @@ def on_policy_base(settings: RewardSettings, policy_base: Path | None) -> Reward
 
 
 def refresh_reward_model(
-    trainer_settings: TrainerSettings, settings: RewardSettings, *, progress: bool | None = None
+    trainer_settings: TrainerSettings, settings: RewardSettings, *, progress: bool | None = None,
+    placement: Placement | None = None,
 ) -> RefreshOutcome:
-    """Train and store a new reward-model version if the pairs call for one (module docstring)."""
+    """Train and store a new reward-model version if the pairs call for one (module docstring).
+
+    ``placement``: where to train (default: what ``trainer_settings`` ask for)."""
     dataset = DatasetStore(trainer_settings.dataset_path)
     try:
         pair_set = dataset.build_pairs(
@@ -149,8 +153,9 @@ def refresh_reward_model(
     warm = parent is not None and _same_model(versions.manifest(parent), kind, model_sha)
     if parent is not None and not warm:
         logger.info("reward_refresh cold_start=1: version %d was built on another model", parent)
-    model = (RewardModel.load(versions.path(parent), model_path, kind, trainable=True) if warm
-             else RewardModel.create(model_path, kind, settings))
+    placement = placement or placement_of(trainer_settings)
+    model = (RewardModel.load(versions.path(parent), model_path, kind, trainable=True, placement=placement)
+             if warm else RewardModel.create(model_path, kind, settings, placement))
     tokenizer = load_tokenizer(model_path, padding_side="right")
     texts = _completion_texts(trainer_settings.dataset_path,
                               {cid for p in pairs for cid in (p.chosen_id, p.rejected_id)})

@@ -6,7 +6,9 @@ rejected), right-padded to the batch's longest; the weighted pairwise loss
 are drawn from windows of pairs sorted by length, so padding stays small while their order
 stays random. A batch of more than ``max_tokens_per_forward`` padded tokens is split into
 micro-batches M whose losses are scaled by Σ_M w / Σ_B w, so their gradients add up to exactly
-the batch's: the step is the same, the activation memory is bounded. Interactive runs show a
+the batch's: the step is the same, the activation memory is bounded; on a GPU out-of-memory
+error the budget halves and the step runs again (`trainer.devices.ShrinkingMicroBatch`).
+Batches go to the model's device; rewards come back float32 on the CPU. Interactive runs show a
 progress bar (tqdm); otherwise progress goes to the log as ``key=value`` lines.
 """
 
@@ -18,10 +20,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from trainer.config import RewardSettings
+from trainer.devices import ShrinkingMicroBatch, checkpointing_active
 from trainer.reward.loss import PairwiseMetrics, PairwiseRewardLoss, pairwise_metrics
 from trainer.reward.model import RewardModel
 from trainer.tokens import length_grouped_batches, pad_right
@@ -64,6 +68,10 @@ def train_pairs(
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(total_steps) if show_bar else None
     log_every = max(1, total_steps // _LOG_LINES)
+    budget = ShrinkingMicroBatch(
+        settings.max_tokens_per_forward, minimum=2, unit="tokens",
+        advice="lower HHH_REWARD_MAX_LENGTH, set HHH_TRAINER_GRADIENT_CHECKPOINTING=true, or use a "
+        "GPU with more memory")
     model.train()
     started, step, trained, epoch_losses = time.monotonic(), 0, 0, []
     for epoch in range(1, epochs + 1):
@@ -73,7 +81,9 @@ def train_pairs(
             settings.batch_size, generator,
         ):
             batch = [pairs[i] for i in rows]
-            loss_sum = backward_batch(model, batch, settings, pad_id)
+            with checkpointing_active(model.backbone):
+                loss_sum = budget.run(partial(backward_batch, model, batch, settings, pad_id),
+                                      discard=lambda: optimizer.zero_grad(set_to_none=True))
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), settings.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -93,17 +103,19 @@ def train_pairs(
 
 
 def backward_batch(
-    model: RewardModel, batch: Sequence[EncodedPair], settings: RewardSettings, pad_id: int
+    model: RewardModel, batch: Sequence[EncodedPair], settings: RewardSettings, pad_id: int,
+    max_tokens: int | None = None,
 ) -> float:
-    """Accumulate the gradient of the batch's loss, micro-batch by micro-batch; return the loss."""
+    """Accumulate the gradient of the batch's loss, micro-batch by micro-batch of at most
+    ``max_tokens`` padded tokens (default ``settings.max_tokens_per_forward``); return the loss."""
     batch_weight = sum(p.weight for p in batch)
     loss_fn = PairwiseRewardLoss()
     loss_sum = 0.0
-    for micro in micro_batches(batch, settings.max_tokens_per_forward):
+    for micro in micro_batches(batch, max_tokens or settings.max_tokens_per_forward):
         sequences = [p.chosen for p in micro] + [p.rejected for p in micro]
-        input_ids, attention_mask = pad_right(sequences, pad_id)
-        rewards = model(input_ids, attention_mask)  # (2M,)
-        weight = torch.tensor([p.weight for p in micro])  # (M,)
+        input_ids, attention_mask = (t.to(model.device) for t in pad_right(sequences, pad_id))
+        rewards = model(input_ids, attention_mask)  # (2M,) float32
+        weight = torch.tensor([p.weight for p in micro], device=model.device)  # (M,)
         margin = settings.margin * weight if settings.margin else None
         share = float(weight.sum()) / batch_weight
         loss = loss_fn(rewards[: len(micro)], rewards[len(micro):], weight, margin) * share
@@ -136,7 +148,8 @@ def rewards_of(
     rewards = torch.empty(len(sequences))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        rewards[rows] = model(*pad_right([sequences[i] for i in rows], pad_id)).float()
+        input_ids, attention_mask = (t.to(model.device) for t in pad_right([sequences[i] for i in rows], pad_id))
+        rewards[rows] = model(input_ids, attention_mask).float().cpu()
     return rewards
 
 
