@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from common.errors import UserError
 from serving.adapters.cli import register as register_adapter_commands
-from streams.config import hhh_home
+from streams.config import hhh_home, private_hhh_home
 from trainer.cli import register as register_train_commands
 
 
@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        private_hhh_home()
         sys.exit(run(args))
     except KeyboardInterrupt:
         sys.exit(130)

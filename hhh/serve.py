@@ -119,6 +119,8 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
     on ``model_dir`` (the served model) where it is known.
     """
     settings = GatewaySettings()
+    if settings.auth:
+        settings.key_table()  # a bad API keys file is refused now, before any engine starts
     events = EventLogSettings()
     adapter_settings = AdapterSettings()
     supervisors: list[ProcessSupervisor] = []

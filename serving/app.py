@@ -31,7 +31,7 @@ from serving.adapters.controller import HotSwapController
 from serving.adapters.store import AdapterStore
 from serving.chat import Caller, ChatService
 from serving.completion_ids import CompletionIdSigner
-from serving.config import ApiKey, GatewaySettings
+from serving.config import ApiKey, GatewaySettings, api_key_digest
 from serving.engines import EnginePool, EngineUnavailable
 from serving.errors import GatewayError
 from serving.feedback import LABELER, FeedbackService
@@ -67,6 +67,7 @@ class Gateway:
     chat: ChatService
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
+    """SHA-256 of each API key -> its owner."""
     limits: LimitSettings
     adapters: HotSwapController | None = None
     labeling: LabelingFollower | None = None
@@ -89,6 +90,9 @@ def build_gateway(
     follows, and whose ``completions`` and ``feedback`` the labeler queue reads; without it the
     gateway serves the base model only and has no labeler queue.
     """
+    if settings.public_without_auth:
+        log.warning("UNSAFE: auth is off on %s (HHH_GATEWAY_ALLOW_UNAUTHENTICATED_PUBLIC): anyone "
+                    "who reaches this port can act as any user", settings.host)
     pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s,
                       api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
     router = AdapterRouter()
@@ -119,16 +123,21 @@ async def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
+def owner_of(gateway: Gateway, key: str) -> ApiKey | None:
+    """Who API key ``key`` belongs to (looked up by its SHA-256), or None for no such key."""
+    return gateway.api_keys.get(api_key_digest(key))
+
+
 async def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
     """The caller named by the API key; ``None`` when auth is off."""
     if not gateway.settings.auth:
         return None
     if not authorization or not authorization.lower().startswith("bearer "):
         raise GatewayError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
-    owner = gateway.api_keys.get(authorization[7:].strip())
+    owner = owner_of(gateway, authorization[7:].strip())
     if owner is None:
         raise GatewayError(401, "invalid_api_key", "the API key is not valid")
-    return Caller(user_id=owner.user, roles=frozenset(owner.roles))
+    return Caller(user_id=owner.user, roles=owner.roles, labeler_ids=owner.labeler_ids)
 
 
 Authenticated = Annotated[Caller | None, Depends(authenticate)]
@@ -248,7 +257,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     # Outermost last: size limit and metrics, then the per-caller limits, then the body deadline.
     app.add_middleware(BodyDeadline, body_timeout_s=gateway.limits.body_timeout_s, route_of=_route)
     app.add_middleware(CallerLimits, settings=gateway.limits, route_of=_route,
-                       user_of_key=lambda key: owner.user if (owner := gateway.api_keys.get(key)) else None)
+                       user_of_key=lambda key: owner.user if (owner := owner_of(gateway, key)) else None)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
 
     @app.exception_handler(GatewayError)

@@ -16,6 +16,7 @@ Logging: one ``CompletionEvent`` per choice goes to the outbox after the respons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -39,7 +40,8 @@ from serving.limits.caps import check_caps
 from serving.limits.config import LimitSettings
 from serving.protocol import NOT_SERVED, ChatCompletionRequest
 from serving.routing import AdapterRouter, Route
-from streams.codec import COMPLETIONS
+from streams import metrics as stream_metrics
+from streams.codec import COMPLETIONS, EventError
 from streams.events import ChatMessage, CompletionEvent, SamplingParams
 from streams.outbox import Outbox
 
@@ -52,6 +54,8 @@ class Caller:
 
     user_id: str
     roles: frozenset[str] = frozenset()
+    labeler_ids: frozenset[str] = frozenset()
+    """Labeler ids a labeler may rank as, besides ``user_id``."""
 
 
 @dataclass
@@ -331,10 +335,21 @@ class ChatService:
         metrics.TOKENS.labels(direction="out").inc(completion_tokens)
 
     async def _log(self, events: list[CompletionEvent]) -> None:
-        try:
-            await self._outbox.put_many_async([(COMPLETIONS, event.prompt_id, event) for event in events])
-        except Exception:  # noqa: BLE001 - a logging failure must not fail a served response
-            log.exception("could not log %d completion events to the outbox", len(events))
+        """Put each choice's event in the outbox (one group commit). A choice that cannot be
+        logged (too large, say) leaves the others logged, and is counted in
+        ``hhh_events_rejected_total{topic="completions"}``, which the HhhEventsRejected alert
+        watches: the served response cannot be taken back, but the loss is never silent."""
+        outcomes = await asyncio.gather(
+            *(self._outbox.put_many_async([(COMPLETIONS, event.prompt_id, event)]) for event in events),
+            return_exceptions=True,
+        )
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome is None:
+                continue
+            if not isinstance(outcome, EventError):  # the outbox counts the events it refuses
+                stream_metrics.EVENTS_REJECTED.labels(topic=COMPLETIONS, reason="outbox_error").inc()
+            log.error("completion %s is not logged (%s: %s); it is lost to training",
+                      event.completion_id, type(outcome).__name__, outcome)
 
 
 def _engine_refusal(status: int, document: bytes) -> GatewayError:

@@ -145,6 +145,12 @@ class FeedbackService:
         labeler_id = request.labeler_id or caller.user_id
         if labeler_id != caller.user_id and LABELER not in caller.roles:
             raise GatewayError(403, "not_a_labeler", "only labelers may set labeler_id to another id")
+        if labeler_id != caller.user_id and labeler_id not in caller.labeler_ids:
+            raise GatewayError(
+                403, "not_your_labeler_id",
+                f"this API key may rank as {sorted({caller.user_id, *caller.labeler_ids})}, not as "
+                f"{labeler_id!r}; ask the operator to add it to the key's labeler_ids",
+            )
         prompt_id = prompts.pop()
         target = ("ranking", caller.user_id, labeler_id, prompt_id, request.criterion)
         content = _canonical(request.model_dump(exclude={"user"}))

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from serving.encodable import EncodableRequest
 from streams.events import ChatMessage, Criterion
+from streams.user_ids import UserId
 
 
 class TextPart(BaseModel):
@@ -99,7 +101,7 @@ class StructuredOutputs(BaseModel):
         return self
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(EncodableRequest):
     """``POST /v1/chat/completions``: the OpenAI fields that a vLLM text model serves, and the
     vLLM extensions users of a vLLM-backed API reach for (the ``openai`` client sends those in
     ``extra_body``), each bounded. Other vLLM extensions are unknown fields; ``NOT_SERVED`` ones
@@ -180,15 +182,13 @@ class ChatCompletionRequest(BaseModel):
 
 CompletionId = Annotated[str, Field(min_length=1, max_length=1024)]
 UserField = Annotated[
-    str | None,
-    Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
-        description="The caller when auth is off; ignored when an API key names the caller.",
-    ),
+    UserId | None,
+    Field(default=None,
+          description="The caller when auth is off; ignored when an API key names the caller."),
 ]
 
 
-class ThumbsRequest(BaseModel):
+class ThumbsRequest(EncodableRequest):
     """``POST /v1/feedback``: a thumbs up or down on one completion."""
 
     model_config = ConfigDict(extra="forbid")
@@ -200,7 +200,7 @@ class ThumbsRequest(BaseModel):
     user: UserField
 
 
-class RankingRequest(BaseModel):
+class RankingRequest(EncodableRequest):
     """``POST /v1/rankings``: completions of one prompt, best first, ties as groups.
 
     ``ranking`` items are ids or lists of ids (a tie group): ``["a", ["b", "c"], "d"]``.
@@ -211,8 +211,9 @@ class RankingRequest(BaseModel):
     ranking: list[CompletionId | list[CompletionId]] = Field(min_length=1, max_length=128)
     unusable: list[CompletionId] = Field(default_factory=list, max_length=128)
     criterion: Criterion = "helpfulness"
-    labeler_id: str | None = Field(
-        default=None, max_length=128, description="Whose judgement (labelers only); default: caller."
+    labeler_id: UserId | None = Field(
+        default=None,
+        description="Whose judgement (labelers only: one of the key's labeler_ids); default: caller.",
     )
     user: UserField
 

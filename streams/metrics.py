@@ -10,7 +10,8 @@ EVENTS_CONSUMED = Counter(
 )
 EVENTS_REJECTED = Counter(
     "hhh_events_rejected_total",
-    "Events refused at publish time (unknown topic, wrong type, too large).",
+    "Events refused at publish time (unknown topic, wrong type, unencodable, too large): "
+    "they are not in the event log.",
     ["topic", "reason"],
 )
 EVENTS_DEAD_LETTERED = Counter(

@@ -105,3 +105,9 @@ def test_the_operator_guide_explains_every_alert() -> None:
         line.split("|")[1].strip().strip("`") for line in guide.splitlines() if line.startswith("| `Hhh")
     }
     assert rows == {rule["alert"] for rule in alert_rules()}
+
+
+def test_an_alert_fires_on_events_that_could_not_be_logged() -> None:
+    """A completion served but not logged (too large, unencodable) never reaches training."""
+    (rule,) = [rule for rule in alert_rules() if "hhh_events_rejected_total" in rule["expr"]]
+    assert "topic" in rule["expr"] and "reason" in rule["expr"]

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import private_file
 from streams.events import CompletionEvent, Event, RankingFeedback, ThumbsFeedback
 from streams.log import Record
 from trainer.preferences.pairs import Consensus, Judgement, merge_judgements, thumbs_pairs
@@ -107,7 +108,7 @@ class DatasetStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # every user's prompts: owner only
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
