@@ -162,6 +162,12 @@ class RewardSettings(BaseSettings):
     refresh_min_new_pairs: int = Field(
         default=64, ge=1, description="Train a new version once this many training pairs are new."
     )
+    acceptance_confidence: float = Field(
+        default=0.95, gt=0.5, lt=1,
+        description="A refreshed version is refused when its held-out accuracy is lower than its "
+        "parent's on the same pairs beyond noise: the lower confidence bound of the loss, at this "
+        "level, above 0.",
+    )
     min_train_pairs: int = Field(default=32, ge=1, description="Fewer training pairs: do not train.")
     min_eval_pairs: int = Field(
         default=8, ge=1, description="Fewer held-out pairs: do not train (accuracy would be noise)."
