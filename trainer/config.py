@@ -80,9 +80,10 @@ class TrainerSettings(BaseSettings):
         "arrived since their last attempt (or their deployed adapter's data).",
     )
     user_agreement_margin: float = Field(
-        default=0.05, ge=0,
-        description="A personal adapter is published if it agrees with the user's held-out pairs "
-        "better than the global adapter by this much.",
+        default=0.0, ge=0,
+        description="A personal adapter is published if the lower confidence bound (HHH_GATE_CONFIDENCE) "
+        "of its gain in agreement with the user's held-out pairs, over what the user is served now "
+        "(their own adapter, or the global one), exceeds this.",
     )
     device: str = Field(
         default="auto", pattern=f"^(?:{DEVICE_PATTERN})$",
