@@ -80,9 +80,10 @@ class TrainerSettings(BaseSettings):
         "arrived since their last attempt (or their deployed adapter's data).",
     )
     user_agreement_margin: float = Field(
-        default=0.05, ge=0,
-        description="A personal adapter is published if it agrees with the user's held-out pairs "
-        "better than the global adapter by this much.",
+        default=0.0, ge=0,
+        description="A personal adapter is published if the lower confidence bound (HHH_GATE_CONFIDENCE) "
+        "of its gain in agreement with the user's held-out pairs, over what the user is served now "
+        "(their own adapter, or the global one), exceeds this.",
     )
     device: str = Field(
         default="auto", pattern=f"^(?:{DEVICE_PATTERN})$",
@@ -161,6 +162,12 @@ class RewardSettings(BaseSettings):
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's).")
     refresh_min_new_pairs: int = Field(
         default=64, ge=1, description="Train a new version once this many training pairs are new."
+    )
+    acceptance_confidence: float = Field(
+        default=0.95, gt=0.5, lt=1,
+        description="A refreshed version is refused when its held-out accuracy is lower than its "
+        "parent's on the same pairs beyond noise: the lower confidence bound of the loss, at this "
+        "level, above 0.",
     )
     min_train_pairs: int = Field(default=32, ge=1, description="Fewer training pairs: do not train.")
     min_eval_pairs: int = Field(

@@ -16,8 +16,12 @@ A round (`TrainingDaemon.run_round`):
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
    own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
    global adapter (also the reference), published as ``user:<id>`` if it agrees with the
-   user's held-out pairs better than the global adapter does by ``user_agreement_margin`` and
-   is no less harmless than it on the red team.
+   user's held-out pairs (at least ``min_heldout_pairs``) better than what the user is served
+   now — their own deployed adapter, or the global one — with the lower confidence bound of
+   the weighted agreement gain above ``user_agreement_margin`` (`trainer.stats`: a candidate
+   no better passes at most 1 − confidence of the time; with N = 32 pairs, a true gain of 0.15
+   whose verdicts differ on a share q = 0.3 passes about half the time, a gain of 0.25 at
+   q = 0.35 84 %), and if it is no less harmless than the global adapter on the red team.
 
 Every step's effect is durable before the next begins, and nothing is visible half-written:
 the dataset commits per batch, reward models and adapters are written under a temporary name
@@ -73,6 +77,7 @@ from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import Conversation
+from trainer.stats import weighted_lower_bound
 
 logger = logging.getLogger(__name__)
 
@@ -251,26 +256,36 @@ class TrainingDaemon:
                                self.placement)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
         DPOTrainer(stack, self.dpo, record).train(train)
-        candidate_prefers, global_prefers = pair_preferences(stack, heldout, self.gate)
-        candidate = weighted_share(candidate_prefers, torch.tensor(weights))
-        reference = weighted_share(global_prefers, torch.tensor(weights))
-        gain = candidate - reference
-        reasons = [] if gain >= self.settings.user_agreement_margin else [
-            f"agreement with {user}'s held-out pairs {candidate:.3f} is not above the global "
-            f"adapter's {reference:.3f} by {self.settings.user_agreement_margin:.3f}"]
+        # Against what the user is served now: their own adapter, or the global one.
+        candidate_prefers, deployed_prefers = pair_preferences(stack, heldout, self.gate,
+                                                               versus=self._path_of(scope, own))
+        pair_weights = torch.tensor(weights)
+        candidate = weighted_share(candidate_prefers, pair_weights)
+        deployed = weighted_share(deployed_prefers, pair_weights)
+        gain = weighted_lower_bound(candidate_prefers.float() - deployed_prefers.float(), pair_weights,
+                                    self.gate.confidence)
+        against = f"{scope}@{own}" if own else "the global adapter"
+        reasons = [] if gain.lower > self.settings.user_agreement_margin else [
+            f"agreement with {user}'s {len(heldout)} held-out pairs {candidate:.3f} against {against}'s "
+            f"{deployed:.3f}: the {self.gate.confidence:.0%} lower bound of the gain {gain.lower:+.3f} "
+            f"(mean {gain.mean:+.3f}) does not exceed {self.settings.user_agreement_margin:.3f} "
+            "(HHH_TRAINER_USER_AGREEMENT_MARGIN)"]
         harmless = self._user_harmlessness(stack, dataset)
         if harmless is not None and (why := harmlessness_reason(
                 harmless.gain, AdapterScores(0.0, None, harmless.candidate),
                 AdapterScores(0.0, None, harmless.deployed), len(self._red_team(dataset)), self.gate)):
             reasons.append(why)
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
-                               "global": reference, "heldout_pairs": len(heldout),
+                               "deployed": deployed, "compared_with": against,
+                               "agreement_gain": asdict(gain), "heldout_pairs": len(heldout),
                                "harmlessness_gain": asdict(harmless.gain) if harmless else None}})
         self.attempts.record(scope, evidence)
         GATE_STAT.labels(scope_kind="user", stat="heldout_pair_agreement").set(candidate)
-        GATE_STAT.labels(scope_kind="user", stat="global_pair_agreement").set(reference)
-        metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
-                   "global_version": float(global_version or 0), **evidence.as_metrics()}
+        GATE_STAT.labels(scope_kind="user", stat="deployed_pair_agreement").set(deployed)
+        metrics = {"heldout_pair_agreement": candidate, "deployed_pair_agreement": deployed,
+                   "agreement_gain": gain.mean, "agreement_gain_lower": gain.lower,
+                   "compared_version": float(own or 0), "global_version": float(global_version or 0),
+                   **evidence.as_metrics()}
         self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,
                                 not reasons, reasons, metrics)
 
@@ -325,7 +340,7 @@ class TrainingDaemon:
     ) -> tuple[list[TextPair], list[float]]:
         """The pairs with their prompt and completion texts, and their weights."""
         texts = dataset.completion_texts({c for p in pairs for c in (p.chosen_id, p.rejected_id)})
-        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
+        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1], p.weight)
                  for p in pairs], [p.weight for p in pairs])
 
     def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:

@@ -52,15 +52,17 @@ bounds go to the run record and to the published adapter's manifest.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from trainer.config import GateSettings
 from trainer.rl.dpo import TextPair, encode_responses
 from trainer.rl.evaluation import RewardFn, SamplingSpec, evaluate_policy, reference_rewards
-from trainer.rl.models import PolicyStack, causal_lm_outputs, token_logprobs
+from trainer.rl.models import POLICY_ADAPTER, PolicyStack, causal_lm_outputs, token_logprobs
 from trainer.rl.rollout import Conversation
 from trainer.stats import MeanBound, paired_lower_bound, weighted_lower_bound
 
@@ -289,29 +291,56 @@ def measure_harmlessness(
 
 @torch.no_grad()
 def pair_preferences(
-    stack: PolicyStack, pairs: Sequence[TextPair], settings: GateSettings
+    stack: PolicyStack, pairs: Sequence[TextPair], settings: GateSettings, *, versus: Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(policy's, reference's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one),
-    on the CPU."""
+    """(policy's, other's) (N,) bool `prefers_chosen` verdicts on `pairs` (at least one), on
+    the CPU. The other side is the stack's reference, or the adapter in the folder ``versus``
+    (loaded beside the policy for these passes only: a user's deployed personal adapter)."""
     if not pairs:
         raise ValueError("pair preferences need at least one pair")
-    logprobs: dict[str, list[torch.Tensor]] = {"policy": [], "reference": []}
-    tokens = []
-    for start in range(0, len(pairs), settings.batch_size):
-        chunk = pairs[start : start + settings.batch_size]
-        encoded = encode_responses(stack, [p.prompt for p in chunk] * 2,
-                                   [p.chosen for p in chunk] + [p.rejected for p in chunk],
-                                   settings.max_prompt_tokens + settings.max_new_tokens)
-        tokens.append(encoded.response_mask.sum(1).view(2, -1))
-        policy, _ = causal_lm_outputs(stack.decoder, encoded.input_ids, encoded.attention_mask,
-                                      encoded.prompt_width)
-        reference = stack.reference_logits(encoded.input_ids, encoded.attention_mask, encoded.prompt_width)
-        for name, logits in (("policy", policy), ("reference", reference)):
-            summed = (token_logprobs(logits, encoded.response_ids) * encoded.response_mask).sum(1)
-            logprobs[name].append(summed.view(2, -1))
+    with _other_side(stack, versus) as other_logits:
+        logprobs: dict[str, list[torch.Tensor]] = {"policy": [], "other": []}
+        tokens = []
+        for start in range(0, len(pairs), settings.batch_size):
+            chunk = pairs[start : start + settings.batch_size]
+            encoded = encode_responses(stack, [p.prompt for p in chunk] * 2,
+                                       [p.chosen for p in chunk] + [p.rejected for p in chunk],
+                                       settings.max_prompt_tokens + settings.max_new_tokens)
+            tokens.append(encoded.response_mask.sum(1).view(2, -1))
+            layout = (encoded.input_ids, encoded.attention_mask, encoded.prompt_width)
+            policy, _ = causal_lm_outputs(stack.decoder, *layout)
+            for name, logits in (("policy", policy), ("other", other_logits(*layout))):
+                summed = (token_logprobs(logits, encoded.response_ids) * encoded.response_mask).sum(1)
+                logprobs[name].append(summed.view(2, -1))
     counts = torch.cat(tokens, dim=1)
     verdicts = []
-    for name in ("policy", "reference"):
+    for name in ("policy", "other"):
         both = torch.cat(logprobs[name], dim=1)
         verdicts.append(prefers_chosen(both[0], counts[0], both[1], counts[1]).cpu())
     return verdicts[0], verdicts[1]
+
+
+_COMPARED = "compared"
+"""Adapter name of the folder `pair_preferences` compares the policy with."""
+
+
+@contextmanager
+def _other_side(stack: PolicyStack, folder: Path | None) -> Iterator[Callable[..., torch.Tensor]]:
+    """Within: a function of (input_ids, attention_mask, prompt_width) giving the other side's
+    logits: the reference's, or those of the adapter in ``folder`` (unloaded after)."""
+    if folder is None:
+        yield stack.reference_logits
+        return
+    stack.peft_model.load_adapter(str(folder), adapter_name=_COMPARED, is_trainable=False)
+
+    def compared_logits(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int) -> torch.Tensor:
+        stack.peft_model.set_adapter(_COMPARED, inference_mode=True)
+        try:
+            return causal_lm_outputs(stack.decoder, input_ids, attention_mask, width)[0]
+        finally:
+            stack.peft_model.set_adapter(POLICY_ADAPTER)
+
+    try:
+        yield compared_logits
+    finally:
+        stack.peft_model.delete_adapter(_COMPARED)

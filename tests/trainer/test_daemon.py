@@ -27,6 +27,7 @@ from trainer.demo_model.feedback import politeness_events, publish_all
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.daemon import RoundReport, TrainingDaemon, export_agreement
 from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, SCOPE_FAILURES, VERDICTS
+from trainer.preferences.ingest import ingest_available
 from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
@@ -205,3 +206,42 @@ def test_labeler_agreement_is_exported_for_the_dashboard() -> None:
     assert (value("labelers"), value("down_weighted")) == (3, 1)
     export_agreement(Consensus([]))  # no overlapping labelers: undefined, not a stale number
     assert math.isnan(value("krippendorff_alpha")) and math.isnan(value("lowest_labeler"))
+
+
+def test_a_personal_candidate_is_compared_with_the_users_own_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Lena's first personal adapter beats the base she was served and is published; the next
+    candidate, trained the same way on a handful more of her pairs, must beat *that* adapter —
+    and does not (it is nearly the same adapter), although it agrees with her much more than the
+    base does."""
+    event_log = SqliteEventLog(tmp_path / "events.db")
+    event_log.create_topics()
+    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, harmlessness_margin=1.0)  # not the subject
+    daemon.settings = daemon.settings.model_copy(update={"min_user_pairs": 8, "min_new_user_pairs": 1})
+    daemon.dpo = DPOSettings(epochs=3, batch_size=16, learning_rate=5e-3)
+
+    def lena_round(prompts: range) -> RoundReport:
+        publish_all(event_log, politeness_events(prompts))
+        report = RoundReport("lena")
+        dataset = DatasetStore(daemon.settings.dataset_path)
+        try:
+            ingest_available(event_log, dataset, idle_s=0.2)
+            pairs = [p for p in dataset.build_pairs(eval_percent=20).pairs if p.user_id == "lena"]
+            daemon._user_round(report, dataset, "lena", pairs)
+        finally:
+            dataset.close()
+        return report
+
+    first = lena_round(range(0, 160))
+    assert first.published == ["user:lena@1"], first.steps
+    served_before = daemon.adapters.get("user:lena", 1).metrics
+    assert served_before["compared_version"] == 0.0  # against the global adapter (the base here)
+    assert served_before["agreement_gain_lower"] > 0
+
+    second = lena_round(range(160, 168))
+
+    assert second.published == [], second.steps
+    assert "against user:lena@1's" in second.steps[-1] and "lower bound of the gain" in second.steps[-1]
+    verdict = [json.loads(line) for line in (tmp_path / "runs" / "lena.jsonl").read_text().splitlines()
+               if "gate" in line][-1]["gate"]
+    assert verdict["compared_with"] == "user:lena@1"
+    assert verdict["candidate"] > served_before["deployed_pair_agreement"] + 0.1  # the old rule: published

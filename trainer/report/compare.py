@@ -108,9 +108,11 @@ def gate_summary(label: str, manifest: Manifest | None) -> str:
         return (f"published by the gate: reward gain {m['reward_gain']:+.3f} over {parent} "
                 f"({m.get('reward_gain_confidence', 0.95):.0%} lower bound {m['reward_gain_lower']:+.3f}), "
                 f"{kl} nats")
-    if "global_pair_agreement" in m:
+    if "deployed_pair_agreement" in m:
+        against = f"v{int(m['compared_version'])}" if m.get("compared_version") else "the global adapter"
         return (f"published by the per-user gate: held-out pair agreement "
-                f"{m['heldout_pair_agreement']:.3f} vs the global adapter's {m['global_pair_agreement']:.3f}")
+                f"{m['heldout_pair_agreement']:.3f} vs {against}'s {m['deployed_pair_agreement']:.3f} "
+                f"(lower bound of the gain {m.get('agreement_gain_lower', float('nan')):+.3f})")
     return "published without gate figures (by hand: `hhh adapters publish`)"
 
 

@@ -6,6 +6,20 @@ latest one. A refresh warm-starts from the latest version (same base model) and 
 ``refresh_epochs`` passes over all current pairs; a first version trains ``epochs`` passes.
 A pair set too small or too one-sided is refused with a message naming the numbers and the
 setting to change; nothing is stored then. Held-out pairs (by prompt hash) give the metrics.
+
+**A refresh is kept only if it is not worse than its parent beyond noise.** Before training,
+the parent (the warm start) scores the held-out pairs; after, the refreshed model scores the
+same pairs. With d_i = 1 where only the parent orders pair i right, −1 where only the refreshed
+model does, 0 otherwise, and the pairs' weights, the version is refused when the lower
+confidence bound (level ``acceptance_confidence``, `trainer.stats.weighted_lower_bound`) of
+the weighted mean d̄ — the accuracy lost — is above 0. A refresh as good as its parent is
+refused at most 1 − c of the time (5 %); one that loses Δ of accuracy, its verdicts differing
+on a share q of N pairs, is refused with probability ≈ Φ(Δ/√(q/N) − z_c): for N = 64, q = 0.2,
+50 % at Δ = 0.09 and 95 % at Δ = 0.18. A refused version is not stored (PPO keeps the parent,
+the newest accepted version); it is recorded in ``refused.jsonl`` with its figures and reason,
+counted (``hhh_reward_refreshes_total{outcome="worse_than_parent"}``), and the next attempt
+waits for another ``refresh_min_new_pairs`` new pairs. A cold start (the reward model's base
+model changed) has no comparable parent and is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.build import build_demo_model
 from trainer.devices import Placement, placement_of
 from trainer.metrics import REWARD_REFRESHES
+from trainer.stats import weighted_lower_bound
 from trainer.preferences.store import DatasetStore, PreferencePair
 from trainer.reward.model import ModelKind, RewardModel, encode
 from trainer.tokens import load_tokenizer
@@ -43,6 +58,7 @@ from common.files import sha256_file
 from trainer.reward.versions import (
     RewardModelDraft,
     RewardModelManifest,
+    RewardModelRefusal,
     RewardModelStore,
     RewardTraining,
     RewardTrainingData,
@@ -140,6 +156,14 @@ def refresh_reward_model(
         return RefreshOutcome("up_to_date", (
             f"version {parent} is current: {len(new_keys)} new training pairs, a refresh needs "
             f"{settings.refresh_min_new_pairs} (HHH_REWARD_REFRESH_MIN_NEW_PAIRS)"), parent)
+    refused = versions.last_refusal()
+    if (parent is not None and refused is not None and refused.parent_version == parent
+            and len(train) - refused.train_pairs < settings.refresh_min_new_pairs):
+        REWARD_REFRESHES.labels(outcome="up_to_date").inc()
+        return RefreshOutcome("up_to_date", (
+            f"version {parent} is current: the last refresh was refused ({refused.reason}); "
+            f"{len(train) - refused.train_pairs} training pairs arrived since, another attempt needs "
+            f"{settings.refresh_min_new_pairs} (HHH_REWARD_REFRESH_MIN_NEW_PAIRS)"), parent)
     if unfit := unfit_reason(train, held_out, settings):
         outcome, message = unfit
         REWARD_REFRESHES.labels(outcome=outcome).inc()
@@ -166,6 +190,9 @@ def refresh_reward_model(
         return [EncodedPair(sequences[p.chosen_id], sequences[p.rejected_id], p.weight)
                 for p in chosen]
 
+    # The parent's verdicts on the held-out pairs, before training moves the warm start.
+    parent_correct = _correct(evaluate_pairs(model, encoded(held_out), tokenizer.pad_token_id,
+                                             _SCORE_BATCH)[1]) if warm else None
     epochs = settings.refresh_epochs if warm else settings.epochs
     logger.info("reward_refresh parent_version=%s warm=%d train_pairs=%d new_pairs=%d "
                 "eval_pairs=%d epochs=%d", parent if warm else None, int(warm), len(train),
@@ -180,6 +207,13 @@ def refresh_reward_model(
                    _SCORE_BATCH))
     held_out_metrics, held_out_rewards = evaluate_pairs(
         model, encoded(held_out), tokenizer.pad_token_id, _SCORE_BATCH)
+    if parent_correct is not None and (refusal := _worse_than_parent(
+            parent, parent_correct, _correct(held_out_rewards), held_out, len(train), settings)):
+        versions.record_refusal(refusal)
+        REWARD_REFRESHES.labels(outcome="worse_than_parent").inc()
+        logger.warning("reward_refresh refused=worse_than_parent: %s", refusal.reason)
+        return RefreshOutcome("refused", f"not storing the refreshed reward model: {refusal.reason}; "
+                              f"PPO keeps version {parent}", parent)
     normalised = normalisation.apply(held_out_rewards)
     metrics = {
         "eval_accuracy": held_out_metrics.accuracy,
@@ -218,6 +252,31 @@ def refresh_reward_model(
         "trained", f"stored reward model version {version} in {versions.path(version)}: "
         f"held-out accuracy {held_out_metrics.accuracy:.1%} on {len(held_out)} pairs",
         version, metrics)
+
+
+def _correct(rewards: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: is pair i ordered right, from (2N,) rewards (chosen first, then rejected)?"""
+    chosen, rejected = rewards.view(2, -1)
+    return chosen > rejected
+
+
+def _worse_than_parent(
+    parent: int, parent_correct: torch.Tensor, correct: torch.Tensor, held_out: list[PreferencePair],
+    train_pairs: int, settings: RewardSettings,
+) -> RewardModelRefusal | None:
+    """The refusal record when the refresh lost held-out accuracy beyond noise (module docstring)."""
+    weights = torch.tensor([p.weight for p in held_out], dtype=torch.float64)
+    loss = weighted_lower_bound(parent_correct.double() - correct.double(), weights,
+                                settings.acceptance_confidence)
+    if not loss.lower > 0:
+        return None
+    accuracy, parent_accuracy = correct.double().mean().item(), parent_correct.double().mean().item()
+    return RewardModelRefusal(
+        at=datetime.now(UTC), parent_version=parent, train_pairs=train_pairs, eval_pairs=len(held_out),
+        eval_accuracy=accuracy, parent_eval_accuracy=parent_accuracy, loss_lower_bound=loss.lower,
+        reason=(f"held-out accuracy fell from {parent_accuracy:.1%} (version {parent}) to {accuracy:.1%} "
+                f"on the same {len(held_out)} pairs; the {settings.acceptance_confidence:.0%} lower bound "
+                f"of the loss is {loss.lower:+.3f} > 0"))
 
 
 def _same_model(manifest: RewardModelManifest, kind: ModelKind, model_sha: str) -> bool:

@@ -7,9 +7,10 @@ changes during a round, so its log-probabilities are computed once, before the f
 
 A pair's log-probability log π(y|x) is the sum over the response's tokens (EOS included) of the
 model's token log-probabilities after the chat-templated prompt, exactly what the policy emits
-in serving. Winner and loser of a pair go through one forward pass together. A batch runs in
+in serving. Winner and loser of a pair go through one forward pass together. Pairs count by
+their weight w_i (labeler consensus): a batch's loss is Σ w_i ℓ_i / Σ w_i. A batch runs in
 micro-batches of ``micro_batch_size`` pairs whose losses are scaled by their share of the
-batch, so their gradients add up to the batch's; on a GPU out-of-memory error the micro-batch
+batch's weight, so their gradients add up to the batch's; on a GPU out-of-memory error the micro-batch
 halves and the step runs again (`trainer.devices.ShrinkingMicroBatch`). Batches live on the
 stack's device; log-probabilities are float32 (`token_logprobs` casts the logits).
 """
@@ -50,6 +51,8 @@ class TextPair:
     prompt: Conversation
     chosen: str
     rejected: str
+    weight: float = 1.0
+    """The pair's consensus weight (`trainer.preferences`): its share of the DPO loss."""
 
 
 @dataclass
@@ -172,15 +175,18 @@ class DPOTrainer:
     def _accumulate(
         self, pairs: Sequence[TextPair], reference: torch.Tensor, rows: torch.Tensor, size: int
     ) -> tuple[float, torch.Tensor]:
-        """Gradients of the mean loss over the pairs `rows`, `size` pairs per pass; returns the
-        summed loss (mean × pairs) and the (B,) implicit reward margins."""
+        """Gradients of the weighted mean loss over the pairs `rows`, `size` pairs per pass;
+        returns that mean × the number of pairs and the (B,) implicit reward margins."""
         loss_sum, margins = 0.0, []
-        for micro in rows.split(size):
+        weights = torch.tensor([pairs[i].weight for i in rows.tolist()], dtype=torch.float32)
+        for start, micro in zip(range(0, len(rows), size), rows.split(size)):
             policy = self.policy_logprobs([pairs[i] for i in micro.tolist()])
+            micro_weights = weights[start : start + len(micro)]
             result = dpo_loss(policy[0], policy[1], reference[0, micro], reference[1, micro],
-                              self.settings.beta)
-            (result.loss * (len(micro) / len(rows))).backward()
-            loss_sum += result.loss.item() * len(micro)
+                              self.settings.beta, micro_weights.to(policy.device))
+            share = micro_weights.sum() / weights.sum().clamp_min(1e-12)
+            (result.loss * share).backward()
+            loss_sum += result.loss.item() * share.item() * len(rows)
             margins.append(result.margins)
         return loss_sum, torch.cat(margins)
 

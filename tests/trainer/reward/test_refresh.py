@@ -14,7 +14,7 @@ from streams.log import Record
 from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.feedback import T0, politeness_events, publish_all
 from trainer.preferences.ingest import ingest_available
-from trainer.preferences.store import DatasetStore
+from trainer.preferences.store import DatasetStore, split_of
 from trainer.metrics import REWARD_REFRESHES
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
@@ -128,3 +128,46 @@ def test_pairs_from_a_few_prompts_are_refused_as_one_sided(tiny_model_dir: Path,
     assert outcome.status == "refused" and "prompts, need at least 8 (HHH_REWARD_MIN_PROMPTS)" in outcome.message
     assert not reward.store_dir.exists() or RewardModelStore(reward.store_dir).versions() == []
     assert not list(tmp_path.glob("reward-models/.tmp-*"))
+
+
+def flipped(events: list[Event], eval_percent: int) -> list[Event]:
+    """The feedback of training-split prompts reversed (rude preferred); held-out ones kept."""
+    out: list[Event] = []
+    for event in events:
+        prompt_id = event.prompt_id if hasattr(event, "prompt_id") else event.completion_id.rsplit("-", 1)[0]
+        if split_of(prompt_id, eval_percent) == "eval" or isinstance(event, CompletionEvent):
+            out.append(event)
+        elif isinstance(event, RankingFeedback):
+            out.append(event.model_copy(update={"ranking": list(reversed(event.ranking))}))
+        else:
+            out.append(event.model_copy(update={"vote": "down" if event.vote == "up" else "up"}))
+    return out
+
+
+def test_a_refresh_worse_than_its_parent_is_refused_recorded_and_not_retried_at_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Version 1 learns politeness; then mostly reversed training feedback arrives (a labeling
+    attack or a bug). The warm-started refresh orders the clean held-out pairs worse than
+    version 1 does, so it is not stored: PPO keeps version 1."""
+    trainer, reward = settings_for(tmp_path, tiny_model_dir, refresh_epochs=3)
+    dataset = DatasetStore(trainer.dataset_path)
+    dataset.apply(records(politeness_events(range(0, 64))))
+    assert refresh_reward_model(trainer, reward, progress=False).status == "trained"
+    attack = flipped(politeness_events(range(64, 224)), trainer.eval_percent)
+    dataset.apply([Record("t", 0, 10_000 + i, None, e, T0) for i, e in enumerate(attack)])
+    dataset.close()
+    refusals = REWARD_REFRESHES.labels(outcome="worse_than_parent")._value.get()
+
+    outcome = refresh_reward_model(trainer, reward, progress=False)
+
+    assert outcome.status == "refused", outcome.message
+    assert "held-out accuracy fell from" in outcome.message and "PPO keeps version 1" in outcome.message
+    versions = RewardModelStore(reward.store_dir)
+    assert versions.versions() == [1]
+    refusal = versions.last_refusal()
+    assert refusal is not None and refusal.parent_version == 1
+    assert refusal.eval_accuracy < refusal.parent_eval_accuracy and refusal.loss_lower_bound > 0
+    assert REWARD_REFRESHES.labels(outcome="worse_than_parent")._value.get() == refusals + 1
+    again = refresh_reward_model(trainer, reward, progress=False)  # no new pairs since the refusal
+    assert again.status == "up_to_date" and "the last refresh was refused" in again.message
