@@ -2,7 +2,9 @@
 
 With ``HHH_GATEWAY_ENGINE_URLS`` empty (the default) the gateway starts one vLLM server on the
 demo model (built on first use), closed by an API key that only the gateway holds (generated
-per start unless ``HHH_GATEWAY_ENGINE_API_KEY`` is set), watches it, and restarts it whenever it exits; meanwhile the
+per start unless ``HHH_GATEWAY_ENGINE_API_KEY`` is set), watches it, and restarts it whenever it
+exits, or when its process runs but it fails its health check (``GET /health``; vLLM answers
+503 once its engine core died) for ``HHH_GATEWAY_ENGINE_RESTART_AFTER_S``; meanwhile the
 gateway answers 503 with the reason, and ``/readyz`` reports not ready. With engine URLs
 configured, the engines are someone else's to run (several machines, GPUs). Either way the
 gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
@@ -23,6 +25,8 @@ import os
 import secrets
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -77,13 +81,27 @@ class TrainerProcess(ChildProcess):
 
 
 class ProcessSupervisor:
-    """Keeps one child process running: starts it, and restarts it when it exits."""
+    """Keeps one child process running: starts it, and restarts it when it exits — or, with a
+    ``probe``, when it stays unhealthy for ``restart_unhealthy_after_s`` although it runs.
 
-    def __init__(self, child: Supervised, name: str, *, check_interval_s: float = 1.0) -> None:
+    ``probe`` returns why the child is unhealthy, or None. It counts only once the child has
+    passed it since its last start, so a child that is still starting (vLLM: a minute or two)
+    is not restarted for that. A restart stops the child's whole process group first
+    (`ChildProcess.stop`): for vLLM, its API server and what is left of its engine core.
+    """
+
+    def __init__(
+        self, child: Supervised, name: str, *, check_interval_s: float = 1.0,
+        probe: Callable[[], str | None] | None = None, restart_unhealthy_after_s: float = 15.0,
+    ) -> None:
         self.child = child
         self.name = name
         self.restarts = 0
         self._check_interval_s = check_interval_s
+        self._probe = probe
+        self._restart_unhealthy_after_s = restart_unhealthy_after_s
+        self._healthy_since_start = False
+        self._unhealthy_since: float | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
 
@@ -100,16 +118,39 @@ class ProcessSupervisor:
 
     def _watch(self) -> None:
         while not self._stopping.wait(self._check_interval_s):
-            if self.child.running:
+            problem = self._restart_reason()
+            if problem is None:
                 continue
             self.restarts += 1
-            log.error("the %s exited; restarting it (restart %d). Its last output:\n%s",
-                      self.name, self.restarts, self.child.log_tail(10))
+            log.error("the %s %s; restarting it (restart %d). Its last output:\n%s",
+                      self.name, problem, self.restarts, self.child.log_tail(10))
+            self._healthy_since_start, self._unhealthy_since = False, None
             try:
-                self.child.stop()  # reap what is left of the old process first
+                self.child.stop()  # the old process group first: reaps an exited one, ends a live one
                 self.child.start()
             except Exception:  # noqa: BLE001 - keep supervising; the next check tries again
                 log.exception("restarting the %s failed", self.name)
+
+    def _restart_reason(self) -> str | None:
+        """Why the child must be restarted now, or None."""
+        if not self.child.running:
+            return "exited"
+        if self._probe is None:
+            return None
+        problem = self._probe()
+        if problem is None:
+            self._healthy_since_start, self._unhealthy_since = True, None
+            return None
+        if not self._healthy_since_start:
+            return None  # still starting
+        now = time.monotonic()
+        if self._unhealthy_since is None:
+            self._unhealthy_since = now
+            log.warning("the %s is unhealthy although its process runs (%s); restarting it unless it "
+                        "recovers within %.0f s", self.name, problem, self._restart_unhealthy_after_s)
+        if now - self._unhealthy_since < self._restart_unhealthy_after_s:
+            return None
+        return f"stayed unhealthy for {now - self._unhealthy_since:.0f} s although its process runs ({problem})"
 
 
 def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
@@ -135,7 +176,10 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
             engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
                                                 api_key=engine_key))
-            supervisors.append(ProcessSupervisor(engine, "engine"))
+            supervisors.append(ProcessSupervisor(
+                engine, "engine", probe=engine.health_problem,
+                restart_unhealthy_after_s=settings.engine_restart_after_s,
+            ))
             supervisors[-1].start()
             settings = settings.model_copy(update={"engine_urls": [engine.url], "engine_api_key": engine_key})
             adapter_settings = adapter_settings.model_copy(update={

@@ -175,6 +175,12 @@ class GatewaySettings(BaseSettings):
         description="Per request to an engine; for a stream, the longest the engine may be silent.",
     )
     health_interval_s: float = Field(default=1.0, gt=0, description="Engine health-check period.")
+    engine_restart_after_s: float = Field(
+        default=15.0, gt=0,
+        description="How long the engine `hhh serve` starts may fail its health check (GET /health: "
+        "503 once vLLM's engine core died) while its process runs before it is restarted. Remote "
+        "engines (engine_urls) are only marked down, never restarted.",
+    )
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_are_valid(cls, keys: Any) -> Any:

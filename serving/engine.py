@@ -188,6 +188,22 @@ class EngineProcess(ChildProcess):
                     )
                 time.sleep(poll_interval)
 
+    def health_problem(self, timeout: float = 5.0) -> str | None:
+        """Why the running server is not healthy, or None when ``GET /health`` answers 200.
+
+        vLLM's API server answers 503 there once its engine core process died (it keeps
+        listening, and listing its models, meanwhile); see `serving.engines`.
+        """
+        try:
+            response = httpx.get(f"{self.url}/health", timeout=timeout)
+        except httpx.HTTPError as error:
+            return f"GET /health failed: {type(error).__name__}: {error}"
+        if response.status_code == 503:
+            return "GET /health answered 503: its engine core is dead"
+        if response.status_code != 200:
+            return f"GET /health answered {response.status_code}"
+        return None
+
     def __enter__(self) -> Self:
         self.start()
         try:

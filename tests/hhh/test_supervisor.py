@@ -1,0 +1,104 @@
+"""`ProcessSupervisor` on a stand-in child: restarted when it exits, and — with a probe — when
+it runs but stays unhealthy after it had come up (a vLLM API server over a dead engine core)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hhh.serve import ProcessSupervisor
+
+
+class StandIn:
+    """A child whose liveness and health the test sets; counts its starts."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.healthy = False
+        self.starts = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            self.running, self.healthy = True, False  # a fresh process is still starting
+            self.starts += 1
+
+    def stop(self) -> None:
+        self.running = False
+
+    def log_tail(self, lines: int = 40) -> str:
+        return ""
+
+    def problem(self) -> str | None:
+        return None if self.healthy else "GET /health answered 503: its engine core is dead"
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def child() -> Iterator[StandIn]:
+    yield StandIn()
+
+
+def supervise(child: StandIn, *, probe: bool = True) -> ProcessSupervisor:
+    supervisor = ProcessSupervisor(child, "engine", check_interval_s=0.01,
+                                   probe=child.problem if probe else None, restart_unhealthy_after_s=0.2)
+    supervisor.start()
+    return supervisor
+
+
+def test_a_child_that_runs_but_stays_unhealthy_after_coming_up_is_restarted(
+    child: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = supervise(child)
+    try:
+        child.healthy = True
+        wait_for(lambda: supervisor._healthy_since_start, "the supervisor to see the child healthy")
+        child.healthy = False  # its engine core died; its process runs on
+        wait_for(lambda: child.starts == 2, "the restart")
+        assert supervisor.restarts == 1
+        assert "the engine stayed unhealthy for" in caplog.text
+        assert "its engine core is dead" in caplog.text
+    finally:
+        supervisor.stop()
+
+
+def test_a_child_still_starting_is_not_restarted_for_being_unhealthy(child: StandIn) -> None:
+    """Never healthy since its start (a vLLM server loading its model): however often it is
+    checked, with no grace at all, it is not restarted for that."""
+    supervisor = ProcessSupervisor(child, "engine", probe=child.problem, restart_unhealthy_after_s=0)
+    child.start()
+    assert [supervisor._restart_reason() for _ in range(5)] == [None] * 5
+    child.healthy = True
+    assert supervisor._restart_reason() is None
+    child.healthy = False
+    assert "stayed unhealthy" in supervisor._restart_reason()  # once it had come up, it counts
+
+
+def test_a_child_that_recovers_within_the_window_is_left_alone(child: StandIn) -> None:
+    supervisor = ProcessSupervisor(child, "engine", probe=child.problem, restart_unhealthy_after_s=3600)
+    child.start()
+    child.healthy = True
+    assert supervisor._restart_reason() is None
+    child.healthy = False
+    assert supervisor._restart_reason() is None  # unhealthy, but not for long enough
+    child.healthy = True
+    assert supervisor._restart_reason() is None and supervisor._unhealthy_since is None
+
+
+def test_without_a_probe_only_an_exit_restarts(child: StandIn, caplog: pytest.LogCaptureFixture) -> None:
+    supervisor = supervise(child, probe=False)
+    try:
+        child.running = False
+        wait_for(lambda: child.starts == 2, "the restart")
+        assert "the engine exited; restarting it (restart 1)" in caplog.text
+    finally:
+        supervisor.stop()
