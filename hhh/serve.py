@@ -38,7 +38,7 @@ from common.processes import ChildProcess
 from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
 from serving.config import GatewaySettings
-from serving.engine import EngineConfig, EngineProcess
+from serving.engine import EngineConfig, EngineHealth, EngineProcess
 from serving.limits.server import server_options
 from streams.backends import open_event_log
 from streams.config import EventLogSettings, hhh_home
@@ -84,15 +84,15 @@ class ProcessSupervisor:
     """Keeps one child process running: starts it, and restarts it when it exits — or, with a
     ``probe``, when it stays unhealthy for ``restart_unhealthy_after_s`` although it runs.
 
-    ``probe`` returns why the child is unhealthy, or None. It counts only once the child has
-    passed it since its last start, so a child that is still starting (vLLM: a minute or two)
-    is not restarted for that. A restart stops the child's whole process group first
+    ``probe`` says whether the child answered and why it is unhealthy (`EngineHealth`). Being
+    unhealthy counts only once the child has answered since its last start, so a child that is
+    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that. A restart stops the child's whole process group first
     (`ChildProcess.stop`): for vLLM, its API server and what is left of its engine core.
     """
 
     def __init__(
         self, child: Supervised, name: str, *, check_interval_s: float = 1.0,
-        probe: Callable[[], str | None] | None = None, restart_unhealthy_after_s: float = 15.0,
+        probe: Callable[[], EngineHealth] | None = None, restart_unhealthy_after_s: float = 15.0,
     ) -> None:
         self.child = child
         self.name = name
@@ -100,7 +100,7 @@ class ProcessSupervisor:
         self._check_interval_s = check_interval_s
         self._probe = probe
         self._restart_unhealthy_after_s = restart_unhealthy_after_s
-        self._healthy_since_start = False
+        self._answered_since_start = False
         self._unhealthy_since: float | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
@@ -124,7 +124,7 @@ class ProcessSupervisor:
             self.restarts += 1
             log.error("the %s %s; restarting it (restart %d). Its last output:\n%s",
                       self.name, problem, self.restarts, self.child.log_tail(10))
-            self._healthy_since_start, self._unhealthy_since = False, None
+            self._answered_since_start, self._unhealthy_since = False, None
             try:
                 self.child.stop()  # the old process group first: reaps an exited one, ends a live one
                 self.child.start()
@@ -137,12 +137,14 @@ class ProcessSupervisor:
             return "exited"
         if self._probe is None:
             return None
-        problem = self._probe()
-        if problem is None:
-            self._healthy_since_start, self._unhealthy_since = True, None
+        health = self._probe()
+        self._answered_since_start |= health.answered
+        if health.problem is None:
+            self._unhealthy_since = None
             return None
-        if not self._healthy_since_start:
+        if not self._answered_since_start:
             return None  # still starting
+        problem = health.problem
         now = time.monotonic()
         if self._unhealthy_since is None:
             self._unhealthy_since = now
@@ -177,7 +179,7 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
                                                 api_key=engine_key))
             supervisors.append(ProcessSupervisor(
-                engine, "engine", probe=engine.health_problem,
+                engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,
             ))
             supervisors[-1].start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -85,6 +86,17 @@ class EngineConfig(BaseModel):
     def model_name(self) -> str:
         """The name clients pass as `model`."""
         return self.served_model_name or self.model_dir.name
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """What one health check of an engine found."""
+
+    answered: bool
+    """Whether its server answered HTTP at all. vLLM opens its port only once its engine core is
+    up, so an answer means the engine has finished starting."""
+    problem: str | None
+    """Why it is unhealthy; None when healthy."""
 
 
 class EngineProcess(ChildProcess):
@@ -188,21 +200,19 @@ class EngineProcess(ChildProcess):
                     )
                 time.sleep(poll_interval)
 
-    def health_problem(self, timeout: float = 5.0) -> str | None:
-        """Why the running server is not healthy, or None when ``GET /health`` answers 200.
-
-        vLLM's API server answers 503 there once its engine core process died (it keeps
-        listening, and listing its models, meanwhile); see `serving.engines`.
-        """
+    def health(self, timeout: float = 5.0) -> EngineHealth:
+        """What ``GET /health`` says now: 200 is healthy; vLLM's API server answers 503 there
+        once its engine core process died (it keeps listening, and listing its models,
+        meanwhile; see `serving.engines`)."""
         try:
             response = httpx.get(f"{self.url}/health", timeout=timeout)
         except httpx.HTTPError as error:
-            return f"GET /health failed: {type(error).__name__}: {error}"
+            return EngineHealth(answered=False, problem=f"GET /health failed: {type(error).__name__}: {error}")
         if response.status_code == 503:
-            return "GET /health answered 503: its engine core is dead"
+            return EngineHealth(answered=True, problem="GET /health answered 503: its engine core is dead")
         if response.status_code != 200:
-            return f"GET /health answered {response.status_code}"
-        return None
+            return EngineHealth(answered=True, problem=f"GET /health answered {response.status_code}")
+        return EngineHealth(answered=True, problem=None)
 
     def __enter__(self) -> Self:
         self.start()

@@ -3,28 +3,25 @@ it runs but stays unhealthy after it had come up (a vLLM API server over a dead 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from hhh.serve import ProcessSupervisor
+from serving.engine import EngineHealth
 
 
 class StandIn:
     """A child whose liveness and health the test sets; counts its starts."""
 
     def __init__(self) -> None:
-        self.running = False
-        self.healthy = False
+        self.running = self.listening = self.healthy = False
         self.starts = 0
-        self.lock = threading.Lock()
 
     def start(self) -> None:
-        with self.lock:
-            self.running, self.healthy = True, False  # a fresh process is still starting
-            self.starts += 1
+        self.running, self.listening, self.healthy = True, False, False  # still starting
+        self.starts += 1
 
     def stop(self) -> None:
         self.running = False
@@ -32,8 +29,14 @@ class StandIn:
     def log_tail(self, lines: int = 40) -> str:
         return ""
 
-    def problem(self) -> str | None:
-        return None if self.healthy else "GET /health answered 503: its engine core is dead"
+    def health(self) -> EngineHealth:
+        if not self.listening:
+            return EngineHealth(answered=False, problem="GET /health failed: ConnectError")
+        return EngineHealth(answered=True, problem=None if self.healthy
+                            else "GET /health answered 503: its engine core is dead")
+
+    def come_up(self) -> None:
+        self.listening = self.healthy = True
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -50,7 +53,7 @@ def child() -> Iterator[StandIn]:
 
 def supervise(child: StandIn, *, probe: bool = True) -> ProcessSupervisor:
     supervisor = ProcessSupervisor(child, "engine", check_interval_s=0.01,
-                                   probe=child.problem if probe else None, restart_unhealthy_after_s=0.2)
+                                   probe=child.health if probe else None, restart_unhealthy_after_s=0.2)
     supervisor.start()
     return supervisor
 
@@ -60,9 +63,7 @@ def test_a_child_that_runs_but_stays_unhealthy_after_coming_up_is_restarted(
 ) -> None:
     supervisor = supervise(child)
     try:
-        child.healthy = True
-        wait_for(lambda: supervisor._healthy_since_start, "the supervisor to see the child healthy")
-        child.healthy = False  # its engine core died; its process runs on
+        child.listening = True  # it answers, already unhealthy: its core died at once
         wait_for(lambda: child.starts == 2, "the restart")
         assert supervisor.restarts == 1
         assert "the engine stayed unhealthy for" in caplog.text
@@ -72,24 +73,25 @@ def test_a_child_that_runs_but_stays_unhealthy_after_coming_up_is_restarted(
 
 
 def test_a_child_still_starting_is_not_restarted_for_being_unhealthy(child: StandIn) -> None:
-    """Never healthy since its start (a vLLM server loading its model): however often it is
-    checked, with no grace at all, it is not restarted for that."""
-    supervisor = ProcessSupervisor(child, "engine", probe=child.problem, restart_unhealthy_after_s=0)
+    """Not answering since its start (a vLLM server loading its model, its port closed):
+    however often it is checked, with no grace at all, it is not restarted for that."""
+    supervisor = ProcessSupervisor(child, "engine", probe=child.health, restart_unhealthy_after_s=0)
     child.start()
     assert [supervisor._restart_reason() for _ in range(5)] == [None] * 5
-    child.healthy = True
+    child.come_up()
     assert supervisor._restart_reason() is None
-    child.healthy = False
-    assert "stayed unhealthy" in supervisor._restart_reason()  # once it had come up, it counts
+    child.listening = False  # stalled or closed after it had come up: that counts
+    assert "stayed unhealthy" in supervisor._restart_reason()
 
 
 def test_a_child_that_recovers_within_the_window_is_left_alone(child: StandIn) -> None:
-    supervisor = ProcessSupervisor(child, "engine", probe=child.problem, restart_unhealthy_after_s=3600)
+    supervisor = ProcessSupervisor(child, "engine", probe=child.health, restart_unhealthy_after_s=3600)
     child.start()
-    child.healthy = True
+    child.come_up()
     assert supervisor._restart_reason() is None
     child.healthy = False
     assert supervisor._restart_reason() is None  # unhealthy, but not for long enough
+    assert supervisor._unhealthy_since is not None
     child.healthy = True
     assert supervisor._restart_reason() is None and supervisor._unhealthy_since is None
 
