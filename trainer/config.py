@@ -39,6 +39,11 @@ class TrainerSettings(BaseSettings):
         default=0.6, ge=0, le=1,
         description="Labelers agreeing less often with the others' consensus are down-weighted.",
     )
+    cross_user_pair_weight: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Weight of a thumbs pair formed from different users' votes on the same prompt "
+        "(one up, another down); a user's own up × down pair weighs 1 and keeps their user id.",
+    )
     runs_dir: Path = Field(
         default_factory=lambda: hhh_home() / "runs",
         description="Run records (`<round>.jsonl`: every PPO/DPO iteration and gate verdict).",

@@ -138,7 +138,8 @@ def refresh_reward_model(
     dataset = DatasetStore(trainer_settings.dataset_path)
     try:
         pair_set = dataset.build_pairs(
-            eval_percent=trainer_settings.eval_percent, min_agreement=trainer_settings.min_agreement
+            eval_percent=trainer_settings.eval_percent, min_agreement=trainer_settings.min_agreement,
+            cross_user_weight=trainer_settings.cross_user_pair_weight,
         )
     finally:
         dataset.close()
