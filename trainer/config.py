@@ -160,6 +160,12 @@ class RewardSettings(BaseSettings):
         default=0.0, ge=0,
         description="Required reward gap per unit of pair weight: m_i = margin · w_i (0: none).",
     )
+    pointwise_weight: float = Field(
+        default=0.5, ge=0,
+        description="λ of the pointwise thumbs-vote term: loss = pairwise + λ · BCE(vote, σ(r − b)) "
+        "over each user's latest votes on training prompts, paired or not (b a learnt offset; "
+        "`trainer/reward/loss.py`). 0: pairs only, and votes count for nothing below.",
+    )
     max_length: int = Field(
         default=512, ge=8, description="Tokens per (prompt, completion); longer prompts lose their start."
     )

@@ -89,7 +89,8 @@ class PreferencePair:
     rejected_id: str
     weight: float
     source: str
-    """``ranking`` or ``thumbs``."""
+    """``ranking`` or ``thumbs`` (``votes``: a held-out vote comparison, built by
+    ``trainer.reward.refresh`` for evaluation only)."""
     user_id: str | None
     """The user whose feedback alone gave the pair (for per-user adapters): a thumbs pair of
     their own up and down votes, or a ranking only they gave; None if several users' did."""

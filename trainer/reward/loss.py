@@ -19,7 +19,8 @@ pairwise loss with a weight λ (``RewardSettings.pointwise_weight``): L = L_pair
 b is learnt because Bradley–Terry fixes rewards only up to a constant: the threshold between
 "up" and "down" on that scale is unknown, and a fixed b = 0 would make the pointwise term pull
 the whole reward scale to wherever the up share puts 0. b is a training nuisance: rewards are
-normalised before use (``trainer.reward.versions.Normalisation``), so it is not stored.
+normalised before use (``trainer.reward.versions.Normalisation``), so it is not stored, and
+each training run starts it at 0.
 This is the reward-model side of KTO's idea (Ethayarajh et al. 2024: unpaired desirable /
 undesirable labels against a reference point), without a policy in the loop.
 
