@@ -39,6 +39,11 @@ class TrainerSettings(BaseSettings):
         default=0.6, ge=0, le=1,
         description="Labelers agreeing less often with the others' consensus are down-weighted.",
     )
+    cross_user_pair_weight: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Weight of a thumbs pair formed from different users' votes on the same prompt "
+        "(one up, another down); a user's own up × down pair weighs 1 and keeps their user id.",
+    )
     runs_dir: Path = Field(
         default_factory=lambda: hhh_home() / "runs",
         description="Run records (`<round>.jsonl`: every PPO/DPO iteration and gate verdict).",
@@ -154,6 +159,12 @@ class RewardSettings(BaseSettings):
     margin: float = Field(
         default=0.0, ge=0,
         description="Required reward gap per unit of pair weight: m_i = margin · w_i (0: none).",
+    )
+    pointwise_weight: float = Field(
+        default=0.5, ge=0,
+        description="λ of the pointwise thumbs-vote term: loss = pairwise + λ · BCE(vote, σ(r − b)) "
+        "over each user's latest votes on training prompts, paired or not (b a learnt offset; "
+        "`trainer/reward/loss.py`). 0: pairs only, and votes count for nothing below.",
     )
     max_length: int = Field(
         default=512, ge=8, description="Tokens per (prompt, completion); longer prompts lose their start."

@@ -167,7 +167,8 @@ class TrainingDaemon:
                 report.note("no reward model yet: no policy round")
                 return report
             pair_set = dataset.build_pairs(eval_percent=self.settings.eval_percent,
-                                           min_agreement=self.settings.min_agreement)
+                                           min_agreement=self.settings.min_agreement,
+                                           cross_user_weight=self.settings.cross_user_pair_weight)
             export_agreement(pair_set.consensus)
             pairs = pair_set.pairs
             self._locked(report, "global", partial(self._global_round, report, dataset, pairs))

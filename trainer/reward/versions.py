@@ -59,6 +59,11 @@ class RewardTrainingData(BaseModel):
     new_pairs: int
     """Training pairs its parent had not seen (all of them for a first version)."""
     eval_pairs: int
+    """Held-out pairs, or held-out vote comparisons where pairs were too few (``refresh``)."""
+    train_votes: int = 0
+    """Thumbs votes on training prompts behind the pointwise term (0 when it is off)."""
+    new_votes: int = 0
+    """Training votes its parent had not seen."""
     train_prompts: int
     criteria: list[str]
     eval_percent: float
@@ -80,6 +85,8 @@ class RewardTraining(BaseModel):
     weight_decay: float
     batch_size: int
     margin: float
+    pointwise_weight: float = 0.0
+    """λ of the pointwise vote term (0 for versions from before it existed)."""
     max_length: int
     """Tokens per sequence the model was trained on; the scorer encodes with the same."""
     seed: int
@@ -156,7 +163,7 @@ class RewardModelStore:
         return RewardModelManifest.model_validate_json((self.path(version) / MANIFEST).read_bytes())
 
     def trained_pair_keys(self, version: int) -> set[str]:
-        """Keys of the pairs ``version`` was trained on."""
+        """Keys of the pairs (and thumbs votes, ``refresh.vote_key``) ``version`` was trained on."""
         return set((self.path(version) / PAIR_KEYS).read_text().split())
 
     def record_refusal(self, refusal: RewardModelRefusal) -> None:

@@ -65,6 +65,30 @@ def test_the_latest_vote_counts_whatever_the_delivery_order(store: DatasetStore)
     assert store.build_pairs().pairs == []
 
 
+def test_pairs_across_users_weigh_less_and_a_users_own_pairs_keep_their_user_id(store: DatasetStore) -> None:
+    """ann compares a with b herself; bob votes c up and cal votes d down on the same prompt."""
+    store.apply(records(
+        completion("a"), completion("b"), completion("c"), completion("d"),
+        vote("a", True, 1, user="ann"), vote("b", False, 2, user="ann"),
+        vote("c", True, 3, user="bob"), vote("d", False, 4, user="cal"),
+    ))
+    pairs = {(p.chosen_id, p.rejected_id): (p.user_id, p.weight)
+             for p in store.build_pairs(cross_user_weight=0.25).pairs}
+    assert pairs == {
+        ("a", "b"): ("ann", 1.0),  # her own comparison, though bob and cal voted on the prompt
+        ("a", "d"): (None, 0.25), ("c", "b"): (None, 0.25), ("c", "d"): (None, 0.25),
+    }
+    votes = {(v.user_id, v.completion_id, v.up) for v in store.votes()}
+    assert votes == {("ann", "a", True), ("ann", "b", False), ("bob", "c", True), ("cal", "d", False)}
+
+
+def test_two_users_making_the_same_comparison_give_one_own_pair_each(store: DatasetStore) -> None:
+    store.apply(records(completion("a"), completion("b"),
+                        vote("a", True, 1, user="ann"), vote("b", False, 2, user="ann"),
+                        vote("a", True, 3, user="bob"), vote("b", False, 4, user="bob")))
+    assert sorted((p.user_id, p.weight) for p in store.build_pairs().pairs) == [("ann", 1.0), ("bob", 1.0)]
+
+
 def test_feedback_before_its_completion_waits_for_it(store: DatasetStore) -> None:
     store.apply(records(RankingFeedback(prompt_id="p1", user_id="ann", labeler_id="ann",
                                         ranking=[["a"], ["b"], ["c"]])))
