@@ -101,7 +101,8 @@ def _data_stats(args: argparse.Namespace) -> int:
         raise UserError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
     store = DatasetStore(settings.dataset_path)
     print(format_stats(store.build_pairs(eval_percent=settings.eval_percent,
-                                         min_agreement=settings.min_agreement)))
+                                         min_agreement=settings.min_agreement,
+                                         cross_user_weight=settings.cross_user_pair_weight)))
     return 0
 
 

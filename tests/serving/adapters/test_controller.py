@@ -310,6 +310,24 @@ def test_a_restarted_gateway_serves_the_latest_versions(rig: Rig, adapters: dict
         "hhh-restarted-base", "hhh-restarted-global-v2", "hhh-restarted-user-ann-v1"}
 
 
+def test_adapters_an_engine_lost_are_loaded_again(rig: Rig, adapters: dict[str, Path]) -> None:
+    """A restarted engine holds no adapters (here: unloaded behind the gateway's back, the same
+    state without the cost of a restart): the controller loads the live ones again, and the
+    users they serve get them, not an error, for good."""
+    gateway = rig.start("lost")
+    rig.publish(adapters["a"])
+    wait_served(gateway.url, "ann", "global@1")
+    held = rig.engine_adapters()
+    assert held == {"hhh-lost-base", "hhh-lost-global-v1"}
+    for name in held:
+        httpx.post(f"{rig.engine.url}/v1/unload_lora_adapter", json={"lora_name": name}).raise_for_status()
+    assert rig.engine_adapters() == set()
+
+    rig.wait_engine_adapters(held)  # within one restore interval (5 s by default)
+    assert served_by(gateway.url, "ann") == "global@1"
+    assert chat(gateway.url, "bob").status_code == 200
+
+
 def test_two_replicas_both_swap(rig: Rig, adapters: dict[str, Path]) -> None:
     replicas = [rig.start("east"), rig.start("west")]
     rig.publish(adapters["a"])

@@ -13,6 +13,7 @@ import torch
 from tests.trainer.rl.helpers import (
     heldout_conversations,
     move_policy,
+    one_ppo_step,
     polite_reward,
     training_prompts,
     write_deployed_adapter,
@@ -118,23 +119,6 @@ def test_the_gate_measures_a_bf16_candidate(tiny_model_dir: Path, deployed_adapt
     assert decision.candidate.pair_agreement is not None and decision.reward_gain is not None
 
 
-def one_ppo_step(stack: PolicyStack, settings: PPOSettings) -> tuple[list[torch.Tensor], PPOTrainer]:
-    """The parameter change of one plain-SGD PPO step on a fixed rollout (SGD: the step is the
-    gradient itself), from a policy whose LoRA B is non-zero, so every weight gets a gradient."""
-    with torch.no_grad():
-        for name, param in stack.peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.01, generator=torch.Generator().manual_seed(len(name)))
-    trainer = PPOTrainer(stack, polite_reward, settings)
-    trainer.optimizer = torch.optim.SGD(stack.trainable_parameters(), lr=1.0)
-    before = [p.detach().clone() for p in stack.trainable_parameters()]
-    torch.manual_seed(0)
-    rollout = sample_rollout(stack, training_prompts(8), max_new_tokens=6, temperature=1.0, max_prompt_tokens=64)
-    batch = trainer._score(rollout, polite_reward(rollout.prompts, rollout.responses) + 0.5)
-    trainer._step(batch, torch.arange(8))
-    return [p.detach() - b for p, b in zip(stack.trainable_parameters(), before)], trainer
-
-
 def assert_same_steps(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
     assert all(step.abs().sum() > 0 for step in a)
     for x, y in zip(a, b):
@@ -152,7 +136,7 @@ def test_gradient_checkpointing_recomputes_the_layers_and_takes_the_same_step(ti
         # layer's post-forward hooks need not run again.
         hooks = [layer.register_forward_pre_hook(lambda *_: calls.append(1)) for layer in layers]
         modes = [m.training for m in stack.peft_model.modules()]
-        step, _ = one_ppo_step(stack, settings)
+        step, _, _ = one_ppo_step(stack, settings)
         for hook in hooks:
             hook.remove()
         steps.append(step)
@@ -169,7 +153,7 @@ def test_an_out_of_memory_ppo_step_halves_the_micro_batch_and_takes_the_same_ste
     gradients are discarded and the step is redone in micro-batches of 2 — the same step as
     micro-batches of 2 from the start, not one that counts the first micro-batch twice."""
     base = {**SMALL, "num_minibatches": 1, "max_grad_norm": 1e9}
-    expected, _ = one_ppo_step(ppo_stack(tiny_model_dir, None, CPU), PPOSettings(**base, micro_batch_size=2))
+    expected, _, _ = one_ppo_step(ppo_stack(tiny_model_dir, None, CPU), PPOSettings(**base, micro_batch_size=2))
     stack = ppo_stack(tiny_model_dir, None, CPU)
     policy_outputs, large_calls = stack.policy_outputs, []
 
@@ -181,7 +165,7 @@ def test_an_out_of_memory_ppo_step_halves_the_micro_batch_and_takes_the_same_ste
         return policy_outputs(input_ids, *args)
 
     stack.policy_outputs = running_out_of_memory  # type: ignore[method-assign]
-    steps, trainer = one_ppo_step(stack, PPOSettings(**base, micro_batch_size=4))
+    steps, trainer, _ = one_ppo_step(stack, PPOSettings(**base, micro_batch_size=4))
     assert large_calls == [4, 4] and trainer.micro_batch.size == 2
     assert_same_steps(expected, steps)
 
