@@ -53,8 +53,6 @@ from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSetting
 from trainer.devices import placement_of
 from trainer.evidence import AttemptLog, Evidence
 from trainer.gate import (
-    AdapterScores,
-    Harmlessness,
     harmlessness_reason,
     measure,
     measure_harmlessness,
@@ -271,10 +269,12 @@ class TrainingDaemon:
             f"{deployed:.3f}: the {self.gate.confidence:.0%} lower bound of the gain {gain.lower:+.3f} "
             f"(mean {gain.mean:+.3f}) does not exceed {self.settings.user_agreement_margin:.3f} "
             "(HHH_TRAINER_USER_AGREEMENT_MARGIN)"]
-        harmless = self._user_harmlessness(stack, dataset)
+        # Check 5 of the gate against the global adapter the candidate started from.
+        red_team = self._red_team(dataset)
+        harmless = (measure_harmlessness(stack, self._harmlessness_judge(), red_team, self.gate)
+                    if len(red_team) >= 2 else None)
         if harmless is not None and (why := harmlessness_reason(
-                harmless.gain, AdapterScores(0.0, None, harmless.candidate),
-                AdapterScores(0.0, None, harmless.deployed), len(self._red_team(dataset)), self.gate)):
+                harmless.gain, harmless.candidate, harmless.deployed, len(red_team), self.gate)):
             reasons.append(why)
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
                                "deployed": deployed, "compared_with": against,
@@ -324,13 +324,6 @@ class TrainingDaemon:
             self._harmlessness = load_harmlessness_judge(self.gate.harmlessness_judge,
                                                          label=self.gate.harmlessness_judge_label)
         return self._harmlessness
-
-    def _user_harmlessness(self, stack: PolicyStack, dataset: DatasetStore) -> Harmlessness | None:
-        """Check 5 of the gate for a personal adapter against the global one it started from."""
-        red_team = self._red_team(dataset)
-        if len(red_team) < 2:
-            return None
-        return measure_harmlessness(stack, self._harmlessness_judge(), red_team, self.gate)
 
     def _path_of(self, scope: str, version: int | None) -> Path | None:
         return None if version is None else self.adapters.path(scope, version)

@@ -170,7 +170,7 @@ def decide(
             f"of the change {agreement_gain.lower:+.3f} ≤ −{settings.agreement_margin:.3f} "
             f"(from {deployed.pair_agreement:.3f} to {candidate.pair_agreement:.3f})")
     if harmlessness_gain is not None and (why := harmlessness_reason(
-            harmlessness_gain, candidate, deployed, red_team_prompts, settings)):
+            harmlessness_gain, candidate.harmlessness, deployed.harmlessness, red_team_prompts, settings)):
         reasons.append(why)
     return GateDecision(not reasons, tuple(reasons), candidate, deployed, reward_gain,
                         agreement_gain, kl_to_deployed, kl_to_base, heldout_prompts, heldout_pairs,
@@ -178,13 +178,14 @@ def decide(
 
 
 def harmlessness_reason(
-    gain: MeanBound, candidate: AdapterScores, deployed: AdapterScores, prompts: int, settings: GateSettings
+    gain: MeanBound, candidate: float | None, deployed: float | None, prompts: int, settings: GateSettings
 ) -> str | None:
-    """Why the candidate fails check 5 (the module docstring), or None if it passes."""
+    """Why the candidate fails check 5 (the module docstring), or None if it passes;
+    ``candidate`` and ``deployed``: their harmless shares, where measured."""
     if gain.lower > -settings.harmlessness_margin:
         return None
-    shares = ("" if candidate.harmlessness is None or deployed.harmlessness is None else
-              f"harmless share from {deployed.harmlessness:.3f} to {candidate.harmlessness:.3f}; ")
+    shares = ("" if candidate is None or deployed is None else
+              f"harmless share from {deployed:.3f} to {candidate:.3f}; ")
     return (f"harmlessness on {prompts} red-team prompts is not shown non-inferior: "
             f"{settings.confidence:.0%} lower bound of the change {gain.lower:+.3f} ≤ "
             f"−{settings.harmlessness_margin:.3f} ({shares}HHH_GATE_HARMLESSNESS_MARGIN)")

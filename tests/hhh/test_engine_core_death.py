@@ -12,10 +12,8 @@ engine: the session's engine is shared by other tests.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from common.processes import free_port
-from tests.hhh.test_serve import CHAT, child_running, ready, wait_for
+from tests.hhh.processes import CHAT, child_running, ready, running_hhh, wait_for
 
 pytestmark = pytest.mark.vllm
 
@@ -37,27 +34,11 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """`hhh serve` on the tiny model; it restarts an engine that fails /health for 10 s."""
-    port = free_port()
-    env = {**os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(port),
-           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_GATEWAY_ENGINE_RESTART_AFTER_S": "10",
-           "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hhh", "serve", "--model", str(tiny_model_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=(home / "serve.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url) or process.poll() is not None, 300, "hhh serve to be ready")
-        assert process.poll() is None, (home / "serve.log").read_text()[-3000:]
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    with running_hhh("serve", tiny_model_dir, home, {
+        "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_GATEWAY_ENGINE_RESTART_AFTER_S": "10",
+        "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "1",
+    }) as served:
+        yield served
 
 
 def engine_core_of(api_server: psutil.Process) -> psutil.Process:

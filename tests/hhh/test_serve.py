@@ -3,11 +3,8 @@ that survives a crash, and the supervised trainer daemon beside them."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,25 +13,11 @@ import psutil
 import pytest
 
 from common.processes import free_port
+from tests.hhh.processes import CHAT, child_running, ready, running_hhh, wait_for
 
 pytestmark = pytest.mark.vllm
 
 TRAINER_METRICS_PORT = free_port()
-CHAT = {"model": "hhh", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 4}
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -45,33 +28,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """`hhh up` on the tiny model; its trainer starts a round every second."""
-    port = free_port()
-    env = {**os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(port),
-           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1",
-           "HHH_TRAINER_METRICS_PORT": str(TRAINER_METRICS_PORT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hhh", "up", "--model", str(tiny_model_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=(home / "up.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url) or process.poll() is not None, 300, "hhh serve to be ready")
-        assert process.poll() is None, (home / "up.log").read_text()[-3000:]
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with running_hhh("up", tiny_model_dir, home, {
+        "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1",
+        "HHH_TRAINER_METRICS_PORT": str(TRAINER_METRICS_PORT),
+    }) as served:
+        yield served
 
 
 def descendants(process: subprocess.Popen) -> list[psutil.Process]:
     return psutil.Process(process.pid).children(recursive=True)
-
-
-def child_running(process: subprocess.Popen, command: str) -> psutil.Process:
-    (child,) = [child for child in psutil.Process(process.pid).children()
-                if command in " ".join(child.cmdline())]
-    return child
 
 
 def test_the_embedded_engine_refuses_calls_without_the_gateways_key(

@@ -16,7 +16,7 @@ from streams.sqlite_log import SqliteEventLog
 from trainer.config import GateSettings, PPOSettings
 from trainer.demo_model.feedback import politeness_events, publish_all
 from trainer.demo_model.labeler import is_refusal
-from trainer.gate import AdapterScores, Harmlessness, harmlessness_reason, measure, measure_harmlessness
+from trainer.gate import harmlessness_reason, measure, measure_harmlessness
 from trainer.judges import ConstitutionHarmlessness
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, split_of
@@ -111,7 +111,8 @@ def test_a_candidate_trained_to_stop_refusing_is_refused_and_an_unchanged_one_pa
     judge = ConstitutionHarmlessness()
     torch.manual_seed(1)
     unchanged = measure_harmlessness(stack, judge, red_team, gate)  # the policy starts as the base
-    assert harmlessness_reason(unchanged.gain, *_scores(unchanged), len(red_team), gate) is None, unchanged
+    assert harmlessness_reason(unchanged.gain, unchanged.candidate, unchanged.deployed, len(red_team),
+                               gate) is None, unchanged
 
     ppo = PPOSettings(rollout_batch_size=32, num_minibatches=4, ppo_epochs=4, max_new_tokens=8,
                       learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
@@ -129,6 +130,3 @@ def test_a_candidate_trained_to_stop_refusing_is_refused_and_an_unchanged_one_pa
     assert "harmlessness_gain_lower" in decision.manifest_metrics()
     assert json.dumps(decision.as_metrics())  # the run record takes it
 
-
-def _scores(measured: Harmlessness) -> tuple[AdapterScores, AdapterScores]:
-    return (AdapterScores(0.0, None, measured.candidate), AdapterScores(0.0, None, measured.deployed))

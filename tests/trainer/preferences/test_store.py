@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,10 @@ from streams.events import (
     ThumbsFeedback,
 )
 from streams.log import EventLog, Record
+from trainer.demo_model.feedback import T0
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, split_of
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def completion(cid: str, prompt: str = "p1", user: str = "ann") -> CompletionEvent:
