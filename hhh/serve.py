@@ -10,6 +10,9 @@ configured, the engines are someone else's to run (several machines, GPUs). Eith
 gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
 (``serving/adapters/controller.py``; settings ``HHH_ADAPTERS_*``).
 
+With ``HHH_GATEWAY_WORKERS`` = N > 1 the gateway is N supervised worker processes behind the
+one port instead of part of this process (`hhh.workers`); the engine and the trainer stay here.
+
 `hhh up` is the same with the trainer daemon as a third supervised process: the whole service
 on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
 serves.
@@ -92,8 +95,9 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
                 model_dir = build_demo_model("demo", home=hhh_home())
             # A fresh key per start: only this gateway may call the engine it supervises.
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
-            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
-                                                api_key=engine_key))
+            config = EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log", api_key=engine_key)
+            # Every worker loads its own copy of each adapter: room in the cache for all of them.
+            engine = EngineProcess(config.model_copy(update={"max_cpu_loras": config.max_loras * settings.workers}))
             supervisors.append(ProcessSupervisor(
                 engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,

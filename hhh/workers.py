@@ -107,6 +107,24 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def hold_port(host: str, port: int) -> socket.socket:
+    """Bind ``host:port`` for the workers to share, refusing a port anyone holds already.
+
+    A bind without ``SO_REUSEPORT`` first: it fails where a socket listens on the port, also a
+    reuseport one (a worker of another `hhh serve`), which a reuseport bind would join.
+    (``SO_REUSEADDR``: a restart is not refused for the old run's connections in TIME_WAIT.)
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port}: {error.strerror} (is another program, or "
+                            "another `hhh serve`, using the port? HHH_GATEWAY_PORT picks another)") from None
+    return reuseport_socket(host, port)
+
+
 def fresh_metrics_folder(port: int) -> Path:
     """``$HHH_HOME/metrics/<port>``, emptied: the multiprocess metrics of this start only."""
     folder = private_hhh_home() / "metrics" / str(port)
@@ -159,7 +177,7 @@ def worker_environment(
 
 def run_workers(settings: GatewaySettings, adapter_settings: AdapterSettings, events: EventLogSettings) -> None:
     """Serve ``settings.workers`` supervised gateway workers on one port until SIGTERM/SIGINT."""
-    held_port = reuseport_socket(settings.host, settings.port)
+    held_port = hold_port(settings.host, settings.port)
     settings.signing_secret()  # generated here once, so that every worker reads the same key
     metrics_folder = fresh_metrics_folder(settings.port)
     stop = threading.Event()

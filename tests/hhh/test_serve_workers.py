@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from common.errors import UserError
-from hhh.workers import reuseport_socket, usable_cores, worker_outbox_path, worker_replica
+from common.processes import free_port
+from hhh.workers import hold_port, reuseport_socket, usable_cores, worker_outbox_path, worker_replica
 from serving.adapters.publish import publish_adapter
 from serving.adapters.store import AdapterStore
 from serving.engine import EngineProcess
@@ -54,7 +55,16 @@ def test_a_port_in_use_is_refused_with_the_address() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
-            reuseport_socket("127.0.0.1", port)
+            hold_port("127.0.0.1", port)
+
+
+def test_a_port_another_hhh_serve_holds_for_its_workers_is_refused() -> None:
+    port = free_port()
+    with hold_port("127.0.0.1", port):
+        with reuseport_socket("127.0.0.1", port) as worker:  # its workers may join
+            worker.listen()
+            with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
+                hold_port("127.0.0.1", port)  # a second `hhh serve` may not
 
 
 def test_each_worker_has_its_own_replica_id_and_outbox_file() -> None:
