@@ -97,7 +97,9 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
             config = EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log", api_key=engine_key)
             # Every worker loads its own copy of each adapter: room in the cache for all of them.
-            engine = EngineProcess(config.model_copy(update={"max_cpu_loras": config.max_loras * settings.workers}))
+            engine = EngineProcess(
+                config.model_copy(update={"max_cpu_loras": config.max_loras * settings.workers})
+            )
             supervisors.append(ProcessSupervisor(
                 engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,
@@ -142,7 +144,7 @@ def run_gateway(
                                                log_level="info", **server_options(gateway.limits)))
         server.run(sockets=sockets)
         if not server.started:
-            raise UserError(f"the gateway could not listen on {settings.host}:{settings.port} (the "
-                            "log above says why; is another program using the port?)")
+            raise UserError(f"the gateway did not start on {settings.host}:{settings.port}; the log "
+                            "above says why")
     finally:
         outbox.close()

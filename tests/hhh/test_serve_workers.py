@@ -82,8 +82,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(vllm_engine: EngineProcess, tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+def served(
+    vllm_engine: EngineProcess, tiny_model_dir: Path, home: Path,
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`hhh serve` with two workers on the session engine; the engine is left as found."""
+    if usable_cores() < 2:
+        pytest.skip(f"two gateway workers need two cores; this process may use {usable_cores()}")
     with running_hhh("serve", tiny_model_dir, home, {
         "HHH_GATEWAY_WORKERS": "2", "HHH_GATEWAY_ENGINE_URLS": f'["{vllm_engine.url}"]',
         "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_ADAPTERS_REPLICA_ID": REPLICA,
@@ -125,7 +129,9 @@ def test_requests_over_the_one_port_reach_both_workers(served: tuple[str, subpro
 
 
 @pytest.mark.vllm
-def test_feedback_through_both_workers_is_all_stored(served: tuple[str, subprocess.Popen], home: Path) -> None:
+def test_feedback_through_both_workers_is_all_stored(
+    served: tuple[str, subprocess.Popen], home: Path,
+) -> None:
     url, _ = served
     completion_ids = []
     for _ in range(4):  # a new connection each: both workers sign completion ids
@@ -134,10 +140,12 @@ def test_feedback_through_both_workers_is_all_stored(served: tuple[str, subproce
         completion_ids += [choice["completion_id"] for choice in response.json()["choices"]]
     accepted = set()
     for index in range(40):  # a retry of each is one event, whichever worker it reaches
-        body = {"completion_id": completion_ids[index % len(completion_ids)], "vote": "up" if index % 2 else "down"}
+        body = {"completion_id": completion_ids[index % len(completion_ids)],
+                "vote": "up" if index % 2 else "down"}
         key = str(uuid.uuid4())
         for _ in range(2):
-            response = httpx.post(f"{url}/v1/feedback", json=body, headers={"Idempotency-Key": key}, timeout=30)
+            response = httpx.post(f"{url}/v1/feedback", json=body, headers={"Idempotency-Key": key},
+                                  timeout=30)
             assert response.status_code == 200, response.text
             accepted.add(response.json()["event_id"])
     assert len(accepted) == 40
@@ -175,11 +183,14 @@ def test_a_published_adapter_becomes_live_on_both_workers(
     url, _ = served
     adapter = make_lora_adapter(tiny_model_dir, home / "adapter-a", seed=1)
     with SqliteEventLog(home / "events.db") as event_log:
-        publish_adapter(AdapterStore(home / "adapters"), event_log, adapter, "global", base_model=tiny_model_dir)
+        publish_adapter(AdapterStore(home / "adapters"), event_log, adapter, "global",
+                        base_model=tiny_model_dir)
 
     def both_live() -> bool:
         bodies = readyz_of_each_worker(url, attempts=50)
-        return set(bodies) == WORKERS and all(b["adapters"]["last_event"] == "global@1" for b in bodies.values())
+        return set(bodies) == WORKERS and all(
+            body["adapters"]["last_event"] == "global@1" for body in bodies.values()
+        )
 
     wait_for(both_live, 180, "global@1 live on both workers")
     engine_models = {m["id"] for m in httpx.get(f"{vllm_engine.url}/v1/models").json()["data"]}
