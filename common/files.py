@@ -70,7 +70,16 @@ def private_file(path: Path) -> Path:
     ``-journal`` files beside it, which SQLite creates with the database's mode). Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        # Never open (and close) an existing file: closing any descriptor of a file drops every
+        # POSIX lock this process holds on it, SQLite's included. A process opening a second
+        # connection to a database would strip its open connections of their shared locks, and
+        # another process's last close would then take itself for the last one and delete the
+        # WAL and its index under them ("database disk image is malformed"; seen with gateway
+        # workers, several processes each with several connections to the event log).
+        pass
     for each in (path, *(path.with_name(path.name + suffix) for suffix in _SQLITE_SIDE_FILES)):
         try:
             if each.stat().st_mode & 0o077:

@@ -10,6 +10,9 @@ configured, the engines are someone else's to run (several machines, GPUs). Eith
 gateway follows the ``adapters`` topic of the configured event log and hot-swaps adapters
 (``serving/adapters/controller.py``; settings ``HHH_ADAPTERS_*``).
 
+With ``HHH_GATEWAY_WORKERS`` = N > 1 the gateway is N supervised worker processes behind the
+one port instead of part of this process (`hhh.workers`); the engine and the trainer stay here.
+
 `hhh up` is the same with the trainer daemon as a third supervised process: the whole service
 on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
 serves.
@@ -23,41 +26,29 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import uvicorn
 from pydantic import SecretStr
 
+from common.errors import UserError
 from common.processes import ChildProcess
 
 from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
 from serving.config import GatewaySettings
-from serving.engine import EngineConfig, EngineHealth, EngineProcess
+from serving.engine import EngineConfig, EngineProcess
 from serving.limits.server import server_options
 from streams.backends import open_event_log
 from streams.config import EventLogSettings, hhh_home
 from streams.outbox import Outbox, OutboxDrainer
 
+from hhh.supervisor import ProcessSupervisor
+from hhh.workers import check_worker_count, run_workers
+
 log = logging.getLogger(__name__)
-
-
-class Supervised(Protocol):
-    """A child process a supervisor keeps running (`EngineProcess`, `TrainerProcess`)."""
-
-    @property
-    def running(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def log_tail(self, lines: int = 40) -> str: ...
 
 
 class TrainerProcess(ChildProcess):
@@ -80,95 +71,22 @@ class TrainerProcess(ChildProcess):
         self.spawn([sys.executable, "-m", "hhh", "train"], environment)
 
 
-class ProcessSupervisor:
-    """Keeps one child process running: starts it, and restarts it when it exits — or, with a
-    ``probe``, when it stays unhealthy for ``restart_unhealthy_after_s`` although it runs.
-
-    ``probe`` says whether the child answered and why it is unhealthy (`EngineHealth`). Being
-    unhealthy counts only once the child has answered since its last start, so a child that is
-    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that.
-    A restart stops the child's whole process group first (`ChildProcess.stop`): for vLLM, its
-    API server and what is left of its engine core.
-    """
-
-    def __init__(
-        self, child: Supervised, name: str, *, check_interval_s: float = 1.0,
-        probe: Callable[[], EngineHealth] | None = None, restart_unhealthy_after_s: float = 15.0,
-    ) -> None:
-        self.child = child
-        self.name = name
-        self.restarts = 0
-        self._check_interval_s = check_interval_s
-        self._probe = probe
-        self._restart_unhealthy_after_s = restart_unhealthy_after_s
-        self._answered_since_start = False
-        self._unhealthy_since: float | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"{name}-supervisor", daemon=True)
-
-    def start(self) -> None:
-        """Start the child (without waiting for it) and watch it from a thread."""
-        self.child.start()
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching, then stop the child."""
-        self._stopping.set()
-        self._thread.join(10)
-        self.child.stop()
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(self._check_interval_s):
-            problem = self._restart_reason()
-            if problem is None:
-                continue
-            self.restarts += 1
-            log.error("the %s %s; restarting it (restart %d). Its last output:\n%s",
-                      self.name, problem, self.restarts, self.child.log_tail(10))
-            self._answered_since_start, self._unhealthy_since = False, None
-            try:
-                self.child.stop()  # the old process group first: reaps an exited one, ends a live one
-                self.child.start()
-            except Exception:  # noqa: BLE001 - keep supervising; the next check tries again
-                log.exception("restarting the %s failed", self.name)
-
-    def _restart_reason(self) -> str | None:
-        """Why the child must be restarted now, or None."""
-        if not self.child.running:
-            return "exited"
-        if self._probe is None:
-            return None
-        health = self._probe()
-        self._answered_since_start |= health.answered
-        if health.problem is None:
-            self._unhealthy_since = None
-            return None
-        if not self._answered_since_start:
-            return None  # still starting
-        problem = health.problem
-        now = time.monotonic()
-        if self._unhealthy_since is None:
-            self._unhealthy_since = now
-            log.warning("the %s is unhealthy although its process runs (%s); restarting it unless it "
-                        "recovers within %.0f s", self.name, problem, self._restart_unhealthy_after_s)
-        if now - self._unhealthy_since < self._restart_unhealthy_after_s:
-            return None
-        return f"stayed unhealthy for {now - self._unhealthy_since:.0f} s although its process runs ({problem})"
-
-
 def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
     """Run the gateway until interrupted (and the engine, unless engine URLs are configured).
 
     ``with_trainer``: also run the trainer daemon (`hhh train`) as a supervised child process,
-    on ``model_dir`` (the served model) where it is known.
+    on ``model_dir`` (the served model) where it is known. With ``HHH_GATEWAY_WORKERS`` > 1 the
+    gateway runs as that many supervised worker processes behind the one port (`hhh.workers`);
+    otherwise in this process.
     """
     settings = GatewaySettings()
+    if settings.workers > 1:
+        check_worker_count(settings.workers)  # before anything starts: the user's to fix
     if settings.auth:
         settings.key_table()  # a bad API keys file is refused now, before any engine starts
     events = EventLogSettings()
     adapter_settings = AdapterSettings()
     supervisors: list[ProcessSupervisor] = []
-    outbox = Outbox(events.outbox_path, name="gateway")
     try:
         if not settings.engine_urls:
             if model_dir is None:
@@ -177,8 +95,11 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
                 model_dir = build_demo_model("demo", home=hhh_home())
             # A fresh key per start: only this gateway may call the engine it supervises.
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
-            engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
-                                                api_key=engine_key))
+            config = EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log", api_key=engine_key)
+            # Every worker loads its own copy of each adapter: room in the cache for all of them.
+            engine = EngineProcess(
+                config.model_copy(update={"max_cpu_loras": config.max_loras * settings.workers})
+            )
             supervisors.append(ProcessSupervisor(
                 engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,
@@ -194,13 +115,36 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             supervisors.append(ProcessSupervisor(trainer, "trainer"))
             supervisors[-1].start()
             log.info("trainer daemon started (log: %s)", trainer.log_path)
-        drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
-        gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
-                                adapter_settings=adapter_settings)
-        log.info("gateway on http://%s:%d (event log: %s)", settings.host, settings.port, events.backend)
-        uvicorn.run(create_app(gateway), host=settings.host, port=settings.port, log_level="info",
-                    **server_options(gateway.limits))
+        if settings.workers > 1:
+            run_workers(settings, adapter_settings, events)
+        else:
+            run_gateway(settings, adapter_settings, events)
     finally:
         for supervisor in reversed(supervisors):
             supervisor.stop()
+
+
+def run_gateway(
+    settings: GatewaySettings, adapter_settings: AdapterSettings, events: EventLogSettings, *,
+    outbox_name: str = "gateway", sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve one gateway (its outbox, drainer and hot-swap controller) until SIGTERM/SIGINT.
+
+    ``sockets``: listening sockets to serve on (a gateway worker's); default: bind
+    ``settings.host:settings.port``.
+    """
+    outbox = Outbox(events.outbox_path, name=outbox_name)
+    try:
+        drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
+        gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
+                                adapter_settings=adapter_settings)
+        log.info("gateway %s on http://%s:%d (event log: %s)", gateway.replica, settings.host,
+                 settings.port, events.backend)
+        server = uvicorn.Server(uvicorn.Config(create_app(gateway), host=settings.host, port=settings.port,
+                                               log_level="info", **server_options(gateway.limits)))
+        server.run(sockets=sockets)
+        if not server.started:
+            raise UserError(f"the gateway did not start on {settings.host}:{settings.port}; the log "
+                            "above says why")
+    finally:
         outbox.close()

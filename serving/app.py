@@ -21,7 +21,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
@@ -69,6 +69,8 @@ class Gateway:
     api_keys: dict[str, ApiKey]
     """SHA-256 of each API key -> its owner."""
     limits: LimitSettings
+    replica: str
+    """This gateway's replica id (``HHH_ADAPTERS_REPLICA_ID``; a worker's ends in ``-w<i>``)."""
     adapters: HotSwapController | None = None
     labeling: LabelingFollower | None = None
 
@@ -99,11 +101,12 @@ def build_gateway(
     signer = CompletionIdSigner(settings.signing_secret())
     limits = limits or LimitSettings()
     adapters = labeling = None
+    adapter_settings = adapter_settings or AdapterSettings()
+    replica = adapter_settings.replica(settings.port)
     if adapter_log is not None:
         labeling = LabelingFollower(LabelingQueue(LabelingSettings()), adapter_log)
-        adapter_settings = adapter_settings or AdapterSettings()
         adapters = HotSwapController(
-            adapter_settings, adapter_settings.replica(settings.port),
+            adapter_settings, replica,
             AdapterStore(adapter_settings.store_root), router, pool, adapter_log,
         )
     return Gateway(
@@ -111,7 +114,7 @@ def build_gateway(
         chat=ChatService(settings, pool, router, signer, outbox, limits),
         feedback=FeedbackService(signer, outbox, limits.criteria),
         api_keys=settings.key_table() if settings.auth else {},
-        limits=limits, adapters=adapters, labeling=labeling,
+        limits=limits, replica=replica, adapters=adapters, labeling=labeling,
     )
 
 
@@ -213,7 +216,7 @@ async def readyz(gateway: GatewayDep) -> dict:
     if not gateway.pool.ready:
         raise GatewayError(503, "not_ready", str(gateway.pool.unavailable()))
     engines = [{"url": e.url, "up": e.up, "error": e.last_error} for e in gateway.pool.engines]
-    body: dict = {"status": "ready", "engines": engines}
+    body: dict = {"status": "ready", "replica": gateway.replica, "engines": engines}
     if gateway.adapters is not None:
         body["adapters"] = {"last_event": gateway.adapters.last_event, "last_error": gateway.adapters.last_error,
                             "caught_up": gateway.adapters.caught_up.is_set()}
@@ -222,7 +225,7 @@ async def readyz(gateway: GatewayDep) -> dict:
 
 @router.get("/metrics")
 async def prometheus_metrics() -> PlainTextResponse:
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(gateway: Gateway) -> FastAPI:

@@ -181,6 +181,15 @@ class GatewaySettings(BaseSettings):
         "503 once vLLM's engine core died) while its process runs before it is restarted. Remote "
         "engines (engine_urls) are only marked down, never restarted.",
     )
+    workers: int = Field(
+        default=1, ge=1,
+        description="Gateway worker processes behind the one port (`hhh serve`/`hhh up`; the "
+        "kernel spreads connections over them, SO_REUSEPORT). 1: the gateway runs in the "
+        "`hhh serve` process itself. Each worker has its own replica id (<replica>-w<i>), "
+        "hot-swap controller and outbox (<outbox>-w<i>.db); at most the cores this process may "
+        "use. The per-caller limits (HHH_LIMITS_*) apply per worker.",
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_are_valid(cls, keys: Any) -> Any:

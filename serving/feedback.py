@@ -13,7 +13,9 @@ Identity: one request is one event, however often it is retried; every change is
   criterion; a labeler, prompt and criterion) that this replica accepted is a retry of it and
   keeps its event id; anything else is a new event with a fresh id. A retry that reaches
   another replica, or this one after a restart, becomes a second event with the same content:
-  it changes no vote or ranking and counts nothing twice.
+  it changes no vote or ranking and counts nothing twice. Each gateway worker
+  (``HHH_GATEWAY_WORKERS``) is a replica here: a retry on a new connection may reach another
+  worker of the same port, with that same, harmless, outcome.
 
 A changed vote or ranking is a new event that supersedes the previous one: the dataset counts
 each user's latest vote per completion and criterion and each labeler's latest ranking per

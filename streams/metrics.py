@@ -1,4 +1,5 @@
-"""Prometheus metrics of the event log and the outbox (one registry: the process default)."""
+"""Prometheus metrics of the event log and the outbox (one registry: the process default; with
+gateway workers, prometheus_client's multiprocess files: see `serving.metrics`)."""
 
 from prometheus_client import Counter, Gauge
 
@@ -31,7 +32,9 @@ EVENTS_SKIPPED = Counter(
     ["topic", "reason"],
 )
 
-OUTBOX_DEPTH = Gauge("hhh_outbox_depth", "Events in the outbox not yet delivered.", ["outbox"])
+OUTBOX_DEPTH = Gauge(
+    "hhh_outbox_depth", "Events in the outbox not yet delivered.", ["outbox"], multiprocess_mode="livesum"
+)
 OUTBOX_DELIVERED = Counter(
     "hhh_outbox_delivered_total", "Events delivered from the outbox to the event log.", ["outbox"]
 )

@@ -3,6 +3,12 @@
 On by default with generous values: an ordinary client never meets them, a flood or a
 pathological request does. Benchmarks that drive one caller hard raise the per-caller limits
 (``0`` turns the rate or the concurrency limit off).
+
+The per-caller limits are counted by each gateway process: with ``HHH_GATEWAY_WORKERS`` = N,
+a caller whose connections reach several workers gets up to N times them (a single keep-alive
+connection stays on one worker and gets them once). They are deliberately not divided by N,
+which would refuse a single-connection caller at 1/N of its limit; configure limit / N where
+the exact bound matters.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ class LimitSettings(BaseSettings):
 
     rate_per_s: float = Field(
         default=20.0, ge=0,
-        description="Sustained requests per second per caller (token bucket refill); 0: no rate limit.",
+        description="Sustained requests per second per caller and gateway worker (token bucket "
+        "refill); 0: no rate limit.",
     )
     burst: int = Field(
-        default=100, ge=1, description="Requests a caller may send at once before the rate applies."
+        default=100, ge=1,
+        description="Requests a caller may send at once (per gateway worker) before the rate applies."
     )
     concurrent_per_caller: int = Field(
-        default=16, ge=0, description="Requests one caller may have in flight at once; 0: no limit."
+        default=16, ge=0,
+        description="Requests one caller may have in flight at once, per gateway worker; 0: no limit."
     )
     max_callers: int = Field(
         default=100_000, ge=1,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hhh.serve import ProcessSupervisor
+from hhh.supervisor import ProcessSupervisor
 from serving.engine import EngineHealth
 
 

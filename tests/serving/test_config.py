@@ -27,6 +27,7 @@ from streams.events import AdapterRef
         ({"signing_key": "short-but-random"}, "at least 32 characters"),
         ({"engine_urls": ["localhost:8001"]}, r"http\(s\) URLs, got \['localhost:8001'\]"),
         ({"max_n": 0}, "greater than or equal to 1"),
+        ({"workers": 0}, r"workers\n  Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_settings_are_refused_with_the_values(settings: dict, message: str) -> None:
