@@ -24,17 +24,18 @@ Faults (``--faults``, in this order by default; see `FAULTS`):
   flood                one API key sends chats from ``--flood-concurrency`` threads for
                        ``--flood-s``: it must get 429 with Retry-After, the others go on
 
-Per fault: recovery (s from the injection until a chat is served again and /readyz is 200),
-feedback flowing (s until a vote accepted after the injection is in the dataset), and the
+Per fault: recovery (s from the injection — for the broker, from its restart — until a chat is
+served again and /readyz is 200), feedback flowing (s from then until a vote accepted after
+it is in the dataset), and the
 requests of the phase (the injection, the recovery and ``--settle-s`` of steady load) by
 outcome. At the end the soak waits for the trainer to ingest everything and compares the
 event ids the gateway accepted (2xx) with those in the dataset (`DatasetStore`): a retry with
 the same Idempotency-Key has the same id, a changed vote a new one that supersedes the old.
 
 The broker: Tansu (the test broker) keeps everything in memory, so a restart forgets topics,
-offsets and data. Before stopping it the soak holds new votes until the trainer stored
+offsets and data. Before stopping it the soak holds the load until the trainer stored
 everything accepted so far (what a real Kafka keeps on disk and a memory broker cannot), then
-sends votes through the outage: the gateway's outbox keeps them until the restarted broker
+sends chats and votes through the outage: the gateway's outbox keeps them until the restarted broker
 acknowledges them. The command that starts Tansu (tests/fixtures/tansu.py knows the binary):
 
     broker="$(.venv/bin/python -c 'from tests.fixtures.tansu import tansu_binary; print(tansu_binary())') \\
@@ -174,7 +175,10 @@ class Service(ChildProcess):
         whole group is gone."""
         assert self.pid is not None
         os.kill(self.pid, signal.SIGTERM)
-        self.stop(timeout=90)
+        deadline = time.monotonic() + 90
+        while self.running and time.monotonic() < deadline:  # its own shutdown, not a second signal
+            time.sleep(0.1)
+        self.stop(timeout=30)
 
     def child(self, command: str) -> psutil.Process:
         """The child process whose command line contains ``command``."""
@@ -259,10 +263,10 @@ class Soak:
         table = {key: {"user": user} for user, key in self.keys.items()}
         table |= {self.flooder_key: {"user": "soak-flooder"}, self.probe_key: {"user": "soak-probe"},
                   self.labeler_key: {"user": "soak-labeler", "roles": ["labeler"]}}
-        self.broker = (Broker(settings.broker_command, settings.home / "broker.log")
-                       if settings.backend == "kafka" else None)
         if settings.backend == "kafka" and not settings.broker_command:
             raise ValueError("--backend kafka needs --broker-command")
+        self.broker = (Broker(settings.broker_command, settings.home / "broker.log")
+                       if settings.broker_command and settings.backend == "kafka" else None)
         settings.home.mkdir(parents=True, exist_ok=True)
         self.service = Service(settings, service_environment(settings, table, self.broker))
         self.traffic = Traffic(self.service.url, self.keys, self.labeler_key, think_s=settings.think_s)
@@ -281,15 +285,15 @@ class Soak:
             self.service.wait_ready()
             progress("ready; steady load")
             self.traffic.start()
-            before = self.traffic.tally.snapshot()
+            before, steady_from = self.traffic.tally.snapshot(), time.monotonic()
             time.sleep(self.settings.steady_s)
-            self.phases.append(PhaseResult("steady", 0.0, self._feedback_flowing(time.monotonic() - self.settings.steady_s),
+            self.phases.append(PhaseResult("steady", 0.0, self._feedback_flowing(steady_from),
                                            self.traffic.tally.snapshot() - before))
             for fault in faults:
                 self._phase(fault, FAULTS[fault])
             progress("load stopped; waiting for the trainer to ingest everything accepted")
             self.traffic.stop()
-            accounting = self._account()
+            accounting = self.wait_until_ingested(self.settings.ingest_timeout_s)
         finally:
             self.traffic.stop()
             self.service.stop(timeout=90)
@@ -342,38 +346,39 @@ class Soak:
 
     def stored_feedback(self) -> set[str]:
         """The feedback event ids in the trainer's dataset now."""
+        return self._dataset()[0]
+
+    def _dataset(self) -> tuple[set[str], dict[tuple[str, str, str], str]]:
+        """The dataset's feedback event ids, and its latest vote per (user, completion,
+        criterion) for the votes whose completion it holds."""
         path = self.settings.home / "dataset.db"
         if not path.exists():
-            return set()
+            return set(), {}
         store = DatasetStore(path)
         try:
-            return store.feedback_event_ids()
+            return store.feedback_event_ids(), {
+                (v.user_id, v.completion_id, v.criterion): "up" if v.up else "down"
+                for v in store.votes(eval_percent=0)}
         finally:
             store.close()
 
-    def wait_until_stored(self, event_ids: set[str], timeout_s: float) -> set[str]:
-        """Wait until the dataset holds ``event_ids``; return those still missing."""
-        deadline = time.monotonic() + timeout_s
-        missing = event_ids - self.stored_feedback()
-        while missing and time.monotonic() < deadline:
-            time.sleep(1)
-            missing -= self.stored_feedback()
-        return missing
-
-    def _account(self) -> Accounting:
+    def _compare(self) -> Accounting:
         ledger = self.traffic.ledger
         accepted = ledger.event_ids()
-        self.wait_until_stored(accepted, self.settings.ingest_timeout_s)
-        store = DatasetStore(self.settings.home / "dataset.db")
-        try:
-            stored = store.feedback_event_ids()
-            latest = {(v.user_id, v.completion_id, v.criterion): "up" if v.up else "down"
-                      for v in store.votes(eval_percent=0)}
-        finally:
-            store.close()
-        mismatches = sum(latest.get(target) != vote for target, vote in ledger.latest_thumbs.items())
+        stored, latest = self._dataset()
+        mismatches = sum(latest.get(target) != vote for target, vote in dict(ledger.latest_thumbs).items())
         return Accounting(len(accepted), len(stored), len(accepted - stored), len(stored - accepted),
                           mismatches)
+
+    def wait_until_ingested(self, timeout_s: float) -> Accounting:
+        """Wait until the dataset holds every accepted vote and ranking, and shows each user's
+        last vote (its completion stored too), or ``timeout_s``; the comparison then."""
+        deadline = time.monotonic() + timeout_s
+        while (accounting := self._compare()).lost or accounting.latest_vote_mismatches:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        return accounting
 
     def event_log_settings(self) -> tuple[EventLogSettings, KafkaSettings | None]:
         environment = self.service.environment
@@ -399,20 +404,22 @@ def kill_engine(soak: Soak) -> list[str]:
 
 
 def restart_broker(soak: Soak) -> list[str]:
-    """Votes held until the trainer stored everything, the broker stopped, votes sent into the
-    outage (the outbox keeps them), the broker started again after ``outage_s``."""
+    """The load held until the trainer stored everything (a memory broker forgets what it
+    holds), the broker stopped, the load sent into the outage (the outbox keeps it), the
+    broker started again after ``outage_s``."""
     if soak.broker is None:
         return ["skipped: the embedded event log has no broker"]
-    soak.traffic.hold_feedback()
-    missing = soak.wait_until_stored(soak.traffic.ledger.event_ids(), soak.settings.ingest_timeout_s)
-    soak.mark_injected()
+    soak.traffic.hold()
+    before = soak.wait_until_ingested(soak.settings.ingest_timeout_s)
     soak.broker.stop()
-    soak.traffic.release_feedback()
+    soak.traffic.release()
     time.sleep(soak.settings.outage_s)
     soak.broker.start()
+    soak.mark_injected()  # recovery: from the restart (the outage itself lasts outage_s)
     notes = [f"down {soak.settings.outage_s:.0f} s (memory storage: topics, offsets, groups gone)"]
-    if missing:
-        notes.append(f"{len(missing)} accepted votes were not yet ingested when it stopped")
+    if before.lost or before.latest_vote_mismatches:
+        notes.append(f"not yet ingested when it stopped: {before.lost} votes, "
+                     f"{before.latest_vote_mismatches} latest votes")
     return notes
 
 

@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -136,8 +138,8 @@ class Traffic:
         self.ledger = Ledger()
         self._seed = seed
         self._stop = threading.Event()
-        self._feedback_allowed = threading.Event()
-        self._feedback_allowed.set()
+        self._load_allowed = threading.Event()
+        self._load_allowed.set()
         self._to_rank: list[tuple[str, str]] = []
         self._to_rank_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -155,21 +157,33 @@ class Traffic:
     def stop(self) -> None:
         """Stop sending new requests; return once every feedback in flight is resolved."""
         self._stop.set()
-        self._feedback_allowed.set()
+        self._load_allowed.set()
         for thread in self._threads:
             thread.join(FEEDBACK_GIVE_UP_S + 60)
 
-    def hold_feedback(self) -> None:
-        """New votes wait (chat goes on) until `release_feedback`; votes in flight finish."""
-        self._feedback_allowed.clear()
+    def hold(self) -> None:
+        """New chats and votes wait until `release`; return once those in flight are done."""
+        self._load_allowed.clear()
         while True:
             with self._inflight_lock:
                 if self._inflight == 0:
                     return
             time.sleep(0.05)
 
-    def release_feedback(self) -> None:
-        self._feedback_allowed.set()
+    def release(self) -> None:
+        self._load_allowed.set()
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Wait while the load is held, then count the request as in flight while it lasts."""
+        self._load_allowed.wait()
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
 
     # -- the clients --------------------------------------------------------------------------
 
@@ -178,7 +192,8 @@ class Traffic:
         chat = OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
         with httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
             while not self._stop.is_set():
-                ids = self._chat(chat, rng)
+                with self._in_flight():
+                    ids = self._chat(chat, rng)
                 if len(ids) == 2:
                     self._rate(http, user, ids, rng)
                     with self._to_rank_lock:
@@ -241,10 +256,7 @@ class Traffic:
     def _send_feedback(self, http: httpx.Client, path: str, body: dict, key: str,
                        target: tuple[str, ...], vote: str) -> str | None:
         """POST until a 2xx (its event id, entered in the ledger) or a refusal (None)."""
-        self._feedback_allowed.wait()
-        with self._inflight_lock:
-            self._inflight += 1
-        try:
+        with self._in_flight():
             deadline = time.monotonic() + FEEDBACK_GIVE_UP_S
             while time.monotonic() < deadline:
                 try:
@@ -265,9 +277,6 @@ class Traffic:
                 return None
             self.ledger.note("unresolved")
             return None
-        finally:
-            with self._inflight_lock:
-                self._inflight -= 1
 
 
 def flood(url: str, key: str, tally: Tally, *, seconds: float, concurrency: int) -> None:
