@@ -4,6 +4,7 @@ feedback stored in the trainer's dataset (0 lost, 0 counted twice).
 
     .venv/bin/python -m bench.soak [--model DIR] [--backend sqlite|kafka --broker-command CMD]
                                    [--users 6] [--steady-s 60] [--settle-s 30] [--faults ...]
+                                   [--set NAME=VALUE ...]
 
 The service is started as an operator starts it: ``hhh up --model DIR`` (gateway, supervised vLLM
 engine, supervised trainer daemon) with ``HHH_HOME`` in a temporary folder, auth on (a key per
@@ -59,6 +60,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import psutil
@@ -73,7 +75,9 @@ from trainer.preferences.store import DatasetStore
 READY_TIMEOUT_S = 600.0
 """The longest `hhh up` (or a restarted engine) may take to be ready on a busy machine."""
 RECOVERY_TIMEOUT_S = 600.0
+"""The longest a fault's recovery (or its feedback flowing again) is waited for: then "—"."""
 POISON = b"\xff\xfe not an event"
+"""What the poison fault writes to every topic: no codec decodes it."""
 
 
 @dataclass
@@ -83,10 +87,11 @@ class SoakSettings:
     model_dir: Path
     home: Path
     """HHH_HOME of the service (a temporary folder)."""
-    backend: str = "sqlite"
+    backend: Literal["sqlite", "kafka"] = "sqlite"
     broker_command: str | None = None
     """Kafka: the shell command that starts a Kafka-protocol broker on ``{port}``."""
     users: int = 4
+    """Ordinary users, each with an API key of their own (besides the labeler and the flooder)."""
     steady_s: float = 30.0
     """Steady load before the first fault (the ``steady`` row)."""
     settle_s: float = 15.0
@@ -94,7 +99,9 @@ class SoakSettings:
     outage_s: float = 10.0
     """How long the broker stays down."""
     flood_s: float = 10.0
+    """How long the flooder floods."""
     flood_concurrency: int = 32
+    """The flooder's requests in flight at once (the shipped limit allows 16)."""
     think_s: float = 0.3
     """Each user's pause between two chats."""
     rate_per_s: float | None = None
@@ -117,6 +124,7 @@ class PhaseResult:
     feedback_flowing_s: float | None
     """Until a vote accepted after the injection was in the dataset (None: none was)."""
     counts: Counter[str]
+    """HTTP attempts of the phase by ``<kind>:<outcome>`` (`bench.soak_traffic.Tally`)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -227,7 +235,9 @@ def ready(url: str) -> bool:
 
 
 def service_environment(settings: SoakSettings, keys: dict[str, dict], broker: Broker | None) -> dict[str, str]:
-    """The environment of `hhh up`: auth with ``keys``, the trainer busy, quick engine checks."""
+    """The environment of `hhh up`: auth with ``keys``, a round every second, engine checks
+    every 0.5 s (a restart after 10 s unhealthy), Kafka group sessions of 3 s (Tansu holds a
+    join for half of it)."""
     keys_file = settings.home / "api-keys.json"
     keys_file.write_text(json.dumps(keys))
     keys_file.chmod(0o600)
@@ -577,6 +587,9 @@ def main() -> None:
                         help="HHH_LIMITS_RATE_PER_S of the service (default: the shipped 20/s)")
     parser.add_argument("--burst", type=int, default=None,
                         help="HHH_LIMITS_BURST of the service (default: the shipped 100)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of `hhh up` (repeatable), e.g. HHH_REWARD_MIN_TRAIN_PAIRS=1000000000 "
+                        "for a trainer that only ingests (quick runs)")
     parser.add_argument("--faults", nargs="+", choices=list(FAULTS), default=list(FAULTS))
     parser.add_argument("--keep-home", action="store_true", help="keep HHH_HOME (logs, dataset) after")
     args = parser.parse_args()
@@ -589,7 +602,7 @@ def main() -> None:
                             broker_command=args.broker_command, users=args.users, steady_s=args.steady_s,
                             settle_s=args.settle_s, outage_s=args.outage_s, flood_s=args.flood_s,
                             flood_concurrency=args.flood_concurrency, rate_per_s=args.rate_per_s,
-                            burst=args.burst)
+                            burst=args.burst, environment=dict(item.split("=", 1) for item in args.set))
     report = Soak(settings).run(faults)
     print(format_report(report))
     print(f"\n(HHH_HOME: {home}{'' if args.keep_home else ', removed'})")
