@@ -50,6 +50,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ from typing import Literal
 import httpx
 import psutil
 
+from bench.serving import resolve_model
 from bench.soak_traffic import CHAT_MODEL, Traffic, flood
 from common.processes import ChildProcess, free_port, wait_for_port
 from streams.backends import open_event_log
@@ -571,18 +573,23 @@ def format_report(report: SoakReport) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder `hhh up` serves (default: the tiny demo model, built if missing)")
-    parser.add_argument("--backend", choices=["sqlite", "kafka"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "kafka"], default="sqlite",
+                        help="the event log (default: %(default)s, the embedded one)")
     parser.add_argument("--broker-command", default=None,
                         help="kafka: shell command that starts a Kafka-protocol broker on {port}")
-    parser.add_argument("--users", type=int, default=6)
-    parser.add_argument("--steady-s", type=float, default=60.0)
-    parser.add_argument("--settle-s", type=float, default=30.0)
-    parser.add_argument("--outage-s", type=float, default=15.0)
-    parser.add_argument("--flood-s", type=float, default=20.0)
-    parser.add_argument("--flood-concurrency", type=int, default=32)
+    parser.add_argument("--users", type=int, default=6, help="users chatting and voting (default: %(default)s)")
+    parser.add_argument("--steady-s", type=float, default=60.0,
+                        help="steady load before the first fault (default: %(default)s)")
+    parser.add_argument("--settle-s", type=float, default=30.0,
+                        help="steady load after each fault's recovery (default: %(default)s)")
+    parser.add_argument("--outage-s", type=float, default=15.0,
+                        help="how long the broker stays down (default: %(default)s)")
+    parser.add_argument("--flood-s", type=float, default=20.0, help="how long the flood lasts (default: %(default)s)")
+    parser.add_argument("--flood-concurrency", type=int, default=32,
+                        help="the flooder's requests in flight (default: %(default)s)")
     parser.add_argument("--rate-per-s", type=float, default=None,
                         help="HHH_LIMITS_RATE_PER_S of the service (default: the shipped 20/s)")
     parser.add_argument("--burst", type=int, default=None,
@@ -593,8 +600,6 @@ def main() -> None:
     parser.add_argument("--faults", nargs="+", choices=list(FAULTS), default=list(FAULTS))
     parser.add_argument("--keep-home", action="store_true", help="keep HHH_HOME (logs, dataset) after")
     args = parser.parse_args()
-    from bench.serving import resolve_model
-
     model_dir = resolve_model(str(args.model) if args.model else None)
     faults = [f for f in args.faults if args.backend == "kafka" or f != "broker_restarted"]
     home = Path(tempfile.mkdtemp(prefix="hhh-soak-"))
@@ -607,9 +612,10 @@ def main() -> None:
     print(format_report(report))
     print(f"\n(HHH_HOME: {home}{'' if args.keep_home else ', removed'})")
     if not args.keep_home:
-        import shutil
-
         shutil.rmtree(home, ignore_errors=True)
+    accounting = report.accounting
+    if accounting.lost or accounting.unexpected or accounting.latest_vote_mismatches:
+        sys.exit("feedback was lost or counted twice: see the last table")
 
 
 if __name__ == "__main__":
