@@ -35,7 +35,7 @@ the same Idempotency-Key has the same id, a changed vote a new one that supersed
 
 The broker: Tansu (the test broker) keeps everything in memory, so a restart forgets topics,
 offsets and data. Before stopping it the soak holds the load until the trainer stored
-everything accepted so far (what a real Kafka keeps on disk and a memory broker cannot), then
+everything accepted and every completion served so far (what a real Kafka keeps on disk and a memory broker cannot), then
 sends chats and votes through the outage: the gateway's outbox keeps them until the restarted broker
 acknowledges them. The command that starts Tansu (tests/fixtures/tansu.py knows the binary):
 
@@ -58,7 +58,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -142,6 +142,8 @@ class Accounting:
     """In the dataset and never accepted: a retry stored twice, or an event nobody sent."""
     latest_vote_mismatches: int
     """Targets whose latest vote in the dataset is not the one the user sent last."""
+    completions_missing: int
+    """Chat answers the users were served whose completion event is not in the dataset."""
 
 
 @dataclass
@@ -360,39 +362,41 @@ class Soak:
         """The feedback event ids in the trainer's dataset now."""
         return self._dataset()[0]
 
-    def _dataset(self) -> tuple[set[str], dict[tuple[str, str, str], str]]:
-        """The dataset's feedback event ids, and its latest vote per (user, completion,
-        criterion) for the votes whose completion it holds."""
+    def _dataset(self, served: Collection[str] = ()) -> tuple[set[str], dict[tuple[str, str, str], str], set[str]]:
+        """The dataset's feedback event ids, its latest vote per (user, completion, criterion)
+        for the votes whose completion it holds, and which of the ``served`` completions it holds."""
         path = self.settings.home / "dataset.db"
         if not path.exists():
-            return set(), {}
+            return set(), {}, set()
         store = DatasetStore(path)
         try:
             return store.feedback_event_ids(), {
                 (v.user_id, v.completion_id, v.criterion): "up" if v.up else "down"
-                for v in store.votes(eval_percent=0)}
+                for v in store.votes(eval_percent=0)}, set(store.completion_texts(served))
         finally:
             store.close()
 
     def _compare(self) -> Accounting:
         ledger = self.traffic.ledger
-        accepted = ledger.event_ids()
-        stored, latest = self._dataset()
-        mismatches = sum(latest.get(target) != vote for target, vote in dict(ledger.latest_thumbs).items())
+        accepted, served = ledger.event_ids(), ledger.completions()
+        stored, latest, completions = self._dataset(served)
+        mismatches = sum(latest.get(target) != vote for target, vote in ledger.latest_votes().items())
         return Accounting(len(accepted), len(stored), len(accepted - stored), len(stored - accepted),
-                          mismatches)
+                          mismatches, len(served - completions))
 
     def wait_until_ingested(self, timeout_s: float) -> Accounting:
-        """Wait until the dataset holds every accepted vote and ranking, and shows each user's
-        last vote (its completion stored too), or ``timeout_s``; the comparison then."""
+        """Wait until the dataset holds every accepted vote and ranking and every served
+        completion, and shows each user's last vote, or ``timeout_s``; the comparison then."""
         deadline = time.monotonic() + timeout_s
-        while (accounting := self._compare()).lost or accounting.latest_vote_mismatches:
+        while ((accounting := self._compare()).lost or accounting.latest_vote_mismatches
+               or accounting.completions_missing):
             if time.monotonic() > deadline:
                 break
             time.sleep(1)
         return accounting
 
     def event_log_settings(self) -> tuple[EventLogSettings, KafkaSettings | None]:
+        """How to reach the service's event log from here (the soak's own outbox path unused)."""
         environment = self.service.environment
         events = EventLogSettings(backend=self.settings.backend, sqlite_path=self.settings.home / "events.db",
                                   outbox_path=self.settings.home / "soak-outbox.db")
@@ -429,9 +433,9 @@ def restart_broker(soak: Soak) -> list[str]:
     soak.broker.start()
     soak.mark_injected()  # recovery: from the restart (the outage itself lasts outage_s)
     notes = [f"down {soak.settings.outage_s:.0f} s (memory storage: topics, offsets, groups gone)"]
-    if before.lost or before.latest_vote_mismatches:
+    if before.lost or before.latest_vote_mismatches or before.completions_missing:
         notes.append(f"not yet ingested when it stopped: {before.lost} votes, "
-                     f"{before.latest_vote_mismatches} latest votes")
+                     f"{before.completions_missing} completions")
     return notes
 
 
@@ -561,10 +565,11 @@ def format_report(report: SoakReport) -> str:
               f"{sum(v for k, v in total.items() if k.endswith('5xx'))} 5xx, "
               f"{sum(v for k, v in total.items() if k.endswith('transport'))} without an answer.",
               "", "| feedback accepted (event ids) | stored in the dataset | lost | counted twice or unknown "
-              "| latest vote wrong | retries with the same key | changed votes |",
-              "|---:|---:|---:|---:|---:|---:|---:|",
+              "| latest vote wrong | completions served, not stored | retries with the same key | changed votes |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| {a.accepted} | {a.stored} | {a.lost} | {a.unexpected} | {a.latest_vote_mismatches} | "
-              f"{report.ledger_notes['retries_with_same_key']} | {report.ledger_notes['changed_votes']} |"]
+              f"{a.completions_missing} | {report.ledger_notes['retries_with_same_key']} | "
+              f"{report.ledger_notes['changed_votes']} |"]
     odd = {k: v for k, v in report.ledger_notes.items()
            if k.startswith(("refused", "unresolved", "retries_given"))}
     if odd:
@@ -614,7 +619,7 @@ def main() -> None:
     if not args.keep_home:
         shutil.rmtree(home, ignore_errors=True)
     accounting = report.accounting
-    if accounting.lost or accounting.unexpected or accounting.latest_vote_mismatches:
+    if accounting.lost or accounting.unexpected or accounting.latest_vote_mismatches or accounting.completions_missing:
         sys.exit("feedback was lost or counted twice: see the last table")
 
 

@@ -97,6 +97,8 @@ class Ledger:
     """Every feedback event id the gateway accepted, and what each target's latest vote is."""
 
     accepted: dict[str, AcceptedFeedback] = field(default_factory=dict)
+    served_completions: set[str] = field(default_factory=set)
+    """Completion ids of every chat answer the users were served (their events must be stored too)."""
     latest_thumbs: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """(user, completion, criterion) -> the vote the user sent last."""
     notes: Counter[str] = field(default_factory=Counter)
@@ -119,6 +121,18 @@ class Ledger:
     def accepted_since(self, since: float) -> set[str]:
         with self._lock:
             return {eid for eid, feedback in self.accepted.items() if feedback.accepted_at >= since}
+
+    def served(self, completion_ids: list[str]) -> None:
+        with self._lock:
+            self.served_completions.update(completion_ids)
+
+    def completions(self) -> set[str]:
+        with self._lock:
+            return set(self.served_completions)
+
+    def latest_votes(self) -> dict[tuple[str, str, str], str]:
+        with self._lock:
+            return dict(self.latest_thumbs)
 
     def event_ids(self) -> set[str]:
         with self._lock:
@@ -218,7 +232,9 @@ class Traffic:
             return []
         self.tally.count("chat", 200)
         self.tally.served_chat(time.monotonic() - started)
-        return [choice.completion_id for choice in reply.choices]  # type: ignore[attr-defined]
+        ids = [choice.completion_id for choice in reply.choices]  # type: ignore[attr-defined]
+        self.ledger.served(ids)
+        return ids
 
     def _rate(self, http: httpx.Client, user: str, ids: list[str], rng: random.Random) -> None:
         liked, disliked = (ids[0], ids[1]) if rng.random() < 0.5 else (ids[1], ids[0])

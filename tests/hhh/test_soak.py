@@ -33,7 +33,8 @@ def short_soak(tmp_path: Path, model_dir: Path, faults: list[str], **options: ob
 def assert_nothing_lost_or_counted_twice(report: SoakReport) -> None:
     accounting = report.accounting
     assert accounting.accepted > 0
-    assert (accounting.lost, accounting.unexpected, accounting.latest_vote_mismatches) == (0, 0, 0), accounting
+    assert (accounting.lost, accounting.unexpected, accounting.latest_vote_mismatches,
+            accounting.completions_missing) == (0, 0, 0, 0), accounting
     assert accounting.stored == accounting.accepted
     assert report.ledger_notes["retries_given_a_new_event_id"] == 0
     assert not [k for k in report.ledger_notes if k.startswith(("refused", "unresolved"))], report.ledger_notes
