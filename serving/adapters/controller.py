@@ -5,7 +5,10 @@ so every replica sees every event) from the beginning on every start, and per po
 the last event per scope: on start that is the latest announced version of each scope (the
 topic is compacted by scope), later it is the newest change. Applying an event is idempotent
 (a version that is already live is left alone), so at-least-once delivery is enough; offsets
-are committed after the batch is applied.
+are committed after the batch is applied, and after a poll that met only undecodable messages:
+that commit is what writes their dead letters (``EventConsumer.commit`` flushes them first),
+so a poison message on the topic is in ``dead-letters`` at once, not whenever the next good
+event arrives. (Re-reading from the beginning, every start of a replica dead-letters it again.)
 
 For the version to serve (the scope's pin in the store wins over the event's version):
 verify the manifest checksum, every file's sha256, the base model's config hash, the rank
@@ -142,22 +145,22 @@ class HotSwapController:
                 await asyncio.sleep(self.settings.poll_timeout_s)
             while True:
                 try:
-                    records = await asyncio.to_thread(consumer.poll, 500, self.settings.poll_timeout_s)
+                    batch = await asyncio.to_thread(consumer.poll_batch, 500, self.settings.poll_timeout_s)
                 except Exception:  # noqa: BLE001 - a broker outage must not end the controller
                     log.exception("reading the adapters topic failed; retrying")
                     await asyncio.sleep(1.0)
                     continue
                 received_at = time.monotonic()
                 latest, self._retry = self._retry, {}
-                for record in records:
+                for record in batch.records:
                     assert isinstance(record.event, AdapterPublishedEvent)
                     latest[record.event.scope] = record.event
                 outcomes = await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()),
                                                 return_exceptions=True)
                 for event, outcome in zip(latest.values(), outcomes, strict=True):
                     self._note_outcome(event, outcome)
-                if records:
-                    await asyncio.to_thread(consumer.commit)
+                if not batch.quiet:  # also past only undecodable messages: their dead letters
+                    await asyncio.to_thread(consumer.commit)  # are flushed, and written once
                 elif not self.caught_up.is_set():
                     await self._unload_leftovers()
                     self.caught_up.set()

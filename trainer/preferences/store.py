@@ -311,6 +311,11 @@ class DatasetStore:
         rows = self._db.execute("SELECT topic, partition, next_offset FROM positions ORDER BY 1, 2")
         return {f"{topic}/{partition}": offset for topic, partition, offset in rows}
 
+    def feedback_event_ids(self) -> set[str]:
+        """The event id of every stored thumbs and ranking event (superseded ones included)."""
+        rows = self._db.execute("SELECT event_id FROM thumbs UNION SELECT event_id FROM rankings")
+        return {event_id for (event_id,) in rows}
+
     def event_count(self) -> int:
         """How many distinct events the store holds: where its data stands, for manifests."""
         return self._db.execute("SELECT COUNT(*) FROM applied").fetchone()[0]

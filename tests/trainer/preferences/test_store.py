@@ -164,3 +164,10 @@ def test_a_rebuild_from_the_log_equals_the_incremental_store(event_log: EventLog
     ingest_available(event_log, rebuilt, group="rebuild", from_beginning=True, idle_s=0.5)
     assert rebuilt.dump() == incremental.dump()
     assert rebuilt.build_pairs().pairs == incremental.build_pairs().pairs != []
+
+
+def test_feedback_event_ids_are_every_stored_vote_and_ranking_superseded_or_not(store: DatasetStore) -> None:
+    first, change = vote("a", True, 1), vote("a", False, 2)
+    ranking = RankingFeedback(prompt_id="p1", user_id="ann", labeler_id="ann", ranking=[["a"], ["b"]])
+    store.apply(records(completion("a"), completion("b"), first, change, ranking, first))
+    assert store.feedback_event_ids() == {first.event_id, change.event_id, ranking.event_id}
