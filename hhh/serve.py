@@ -12,7 +12,8 @@ gateway follows the ``adapters`` topic of the configured event log and hot-swaps
 
 `hhh up` is the same with the trainer daemon as a third supervised process: the whole service
 on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
-serves.
+serves. There the engine and the trainer run on disjoint CPU sets (`hhh.colocation`), and the
+trainer is told this gateway's URL to yield to (``HHH_TRAINER_YIELD_*``).
 
 This module is the composition root's: it joins serving (gateway, engine), the trainer (its
 daemon as a child process) and the demo set-up, which is why it lives in ``hhh/``.
@@ -82,8 +83,8 @@ class TrainerProcess(ChildProcess):
         self.cpus = cpus
         self.gateway_url = gateway_url
 
-    def start(self) -> None:
-        """Launch the daemon; returns at once."""
+    def environment(self) -> dict[str, str]:
+        """The daemon's environment: this process's, plus what the trainer is told."""
         environment = dict(os.environ)
         if self.base_model is not None:
             environment.setdefault("HHH_TRAINER_BASE_MODEL", str(self.base_model))
@@ -91,7 +92,11 @@ class TrainerProcess(ChildProcess):
             environment["HHH_TRAINER_CPUS"] = format_cpu_list(self.cpus)
         if self.gateway_url is not None:
             environment.setdefault("HHH_TRAINER_YIELD_TO", self.gateway_url)
-        self.spawn([sys.executable, "-m", "hhh", "train"], environment, cpus=self.cpus)
+        return environment
+
+    def start(self) -> None:
+        """Launch the daemon; returns at once."""
+        self.spawn([sys.executable, "-m", "hhh", "train"], self.environment(), cpus=self.cpus)
 
 
 class ProcessSupervisor:

@@ -69,3 +69,19 @@ def test_hhh_up_with_bad_cpu_lists_stops_at_start_up_saying_what_to_fix(
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "models").exists()  # refused before the demo model is built
+
+
+def test_the_trainer_process_is_told_its_cpus_and_gateway_but_a_configured_gateway_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hhh.serve import TrainerProcess
+
+    monkeypatch.delenv("HHH_TRAINER_YIELD_TO", raising=False)
+    trainer = TrainerProcess(tmp_path / "trainer.log", cpus=frozenset({1, 2, 3}), gateway_url="http://127.0.0.1:8000")
+    environment = trainer.environment()
+    assert environment["HHH_TRAINER_CPUS"] == "1-3"
+    assert environment["HHH_TRAINER_YIELD_TO"] == "http://127.0.0.1:8000"
+    monkeypatch.setenv("HHH_TRAINER_YIELD_TO", "http://gateway.example:8000")
+    assert trainer.environment()["HHH_TRAINER_YIELD_TO"] == "http://gateway.example:8000"
+    monkeypatch.delenv("HHH_TRAINER_CPUS", raising=False)
+    assert "HHH_TRAINER_CPUS" not in TrainerProcess(tmp_path / "t.log").environment()  # unplanned: unpinned
