@@ -15,7 +15,8 @@ one port instead of part of this process (`hhh.workers`); the engine and the tra
 
 `hhh up` is the same with the trainer daemon as a third supervised process: the whole service
 on one machine, where thumbs and rankings turn into new adapter versions that the gateway then
-serves.
+serves. There the engine and the trainer run on disjoint CPU sets (`hhh.colocation`), and the
+trainer is told this gateway's URL to yield to (``HHH_TRAINER_YIELD_*``).
 
 This module is the composition root's: it joins serving (gateway, engine), the trainer (its
 daemon as a child process) and the demo set-up, which is why it lives in ``hhh/``.
@@ -33,8 +34,10 @@ from pathlib import Path
 import uvicorn
 from pydantic import SecretStr
 
+from common.cpus import CpuSet, format_cpu_list
 from common.errors import UserError
 from common.processes import ChildProcess
+from hhh.colocation import cpu_plan, local_gateway_url
 
 from serving.adapters.config import AdapterSettings
 from serving.app import build_gateway, create_app
@@ -44,6 +47,7 @@ from serving.limits.server import server_options
 from streams.backends import open_event_log
 from streams.config import EventLogSettings, hhh_home
 from streams.outbox import Outbox, OutboxDrainer
+from trainer.config import TrainerSettings
 
 from hhh.supervisor import ProcessSupervisor
 from hhh.workers import check_worker_count, run_workers
@@ -55,20 +59,35 @@ class TrainerProcess(ChildProcess):
     """`python -m hhh train` with this process's environment, output appended to ``log_path``.
 
     ``base_model``: the served model's folder, passed as ``HHH_TRAINER_BASE_MODEL`` unless that
-    is set already, so that adapters are trained on the weights the engine serves. The daemon is
-    safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM, then SIGKILL.
+    is set already, so that adapters are trained on the weights the engine serves. ``cpus``: the
+    trainer's CPU set (`hhh.colocation`), passed as ``HHH_TRAINER_CPUS``, which the daemon pins
+    itself and its torch threads to. ``gateway_url``: passed as ``HHH_TRAINER_YIELD_TO`` unless
+    that is set, so that ``HHH_TRAINER_YIELD_ABOVE_CHATS`` alone makes it yield to this gateway.
+    The daemon is safe to kill at any point (`trainer.daemon`), so `stop` is a plain SIGTERM,
+    then SIGKILL.
     """
 
-    def __init__(self, log_path: Path, base_model: Path | None = None) -> None:
+    def __init__(self, log_path: Path, base_model: Path | None = None, *, cpus: CpuSet | None = None,
+                 gateway_url: str | None = None) -> None:
         super().__init__(log_path)
         self.base_model = base_model
+        self.cpus = cpus
+        self.gateway_url = gateway_url
 
-    def start(self) -> None:
-        """Launch the daemon; returns at once."""
+    def environment(self) -> dict[str, str]:
+        """The daemon's environment: this process's, plus what the trainer is told."""
         environment = dict(os.environ)
         if self.base_model is not None:
             environment.setdefault("HHH_TRAINER_BASE_MODEL", str(self.base_model))
-        self.spawn([sys.executable, "-m", "hhh", "train"], environment)
+        if self.cpus is not None:
+            environment["HHH_TRAINER_CPUS"] = format_cpu_list(self.cpus)
+        if self.gateway_url is not None:
+            environment.setdefault("HHH_TRAINER_YIELD_TO", self.gateway_url)
+        return environment
+
+    def start(self) -> None:
+        """Launch the daemon; returns at once."""
+        self.spawn([sys.executable, "-m", "hhh", "train"], self.environment(), cpus=self.cpus)
 
 
 def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
@@ -87,6 +106,7 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
     events = EventLogSettings()
     adapter_settings = AdapterSettings()
     supervisors: list[ProcessSupervisor] = []
+    cpus = cpu_plan(settings, TrainerSettings(), with_trainer=with_trainer)
     try:
         if not settings.engine_urls:
             if model_dir is None:
@@ -95,7 +115,8 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
                 model_dir = build_demo_model("demo", home=hhh_home())
             # A fresh key per start: only this gateway may call the engine it supervises.
             engine_key = settings.engine_api_key or SecretStr(secrets.token_urlsafe(32))
-            config = EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log", api_key=engine_key)
+            config = EngineConfig(model_dir=model_dir, log_path=hhh_home() / "engine.log", api_key=engine_key,
+                                  cpus=cpus.engine)
             # Every worker loads its own copy of each adapter: room in the cache for all of them.
             engine = EngineProcess(
                 config.model_copy(update={"max_cpu_loras": config.max_loras * settings.workers})
@@ -111,10 +132,12 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             })
             log.info("engine starting at %s on %s (log: %s)", engine.url, model_dir, engine.config.log_path)
         if with_trainer:
-            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir)
+            trainer = TrainerProcess(hhh_home() / "trainer.log", base_model=model_dir, cpus=cpus.trainer,
+                                     gateway_url=local_gateway_url(settings.host, settings.port))
             supervisors.append(ProcessSupervisor(trainer, "trainer"))
             supervisors[-1].start()
             log.info("trainer daemon started (log: %s)", trainer.log_path)
+        log.info("CPUs: %s", cpus.describe())
         if settings.workers > 1:
             run_workers(settings, adapter_settings, events)
         else:

@@ -346,6 +346,9 @@ class BodyLimitAndMetrics:
                 status = message["status"]
             await send(message)
 
+        chat = route == "/v1/chat/completions"
+        if chat:
+            metrics.CHAT_IN_FLIGHT.inc()
         try:
             if declared.isdigit() and int(declared) > self._max:
                 raise _BodyTooLarge
@@ -360,5 +363,7 @@ class BodyLimitAndMetrics:
             )
             await response(scope, receive, send)
         finally:
+            if chat:
+                metrics.CHAT_IN_FLIGHT.dec()
             metrics.HTTP_REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
             metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.cpus import available_cpus, pinned_cpus
 from common.errors import UserError
 from common.files import PRIVATE_FILE_MODE, write_atomically
 from streams.config import private_hhh_home
@@ -189,12 +190,25 @@ class GatewaySettings(BaseSettings):
         "hot-swap controller and outbox (<outbox>-w<i>.db); at most the cores this process may "
         "use. The per-caller limits (HHH_LIMITS_*) apply per worker.",
     )
+    engine_cpus: str = Field(
+        default="auto",
+        description="CPUs of the engine `hhh serve` starts (a vLLM CPU build): a cpu list such as "
+        "0-3,6 pins its processes and binds its OpenMP threads there; 'auto': under `hhh up`, "
+        "beside the trainer, the engine's share of the plan in common/cpus.py (2 CPUs: cpu 0), "
+        "alone unpinned; 'all': never pinned. Remote engines (engine_urls) are not affected.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_are_valid(cls, keys: Any) -> Any:
         parse_key_table(keys, "api_keys")  # refuses bad entries without naming their keys
         return keys
+
+    @field_validator("engine_cpus")
+    @classmethod
+    def _cpus_are_available(cls, value: str) -> str:
+        pinned_cpus(value, setting="HHH_GATEWAY_ENGINE_CPUS", available=available_cpus())
+        return value
 
     @field_validator("engine_urls")
     @classmethod

@@ -40,6 +40,12 @@ CHAT_LATENCY = Histogram(
     "hhh_chat_latency_seconds", "Chat: request received to last token.", ["adapter_scope"],
     buckets=_LATENCY_BUCKETS,
 )
+CHAT_IN_FLIGHT = Gauge(
+    "hhh_chat_requests_in_flight",
+    "Chat completion requests received and not yet fully answered (streams until their last "
+    "chunk). A co-located trainer pauses while it is high (HHH_TRAINER_YIELD_ABOVE_CHATS).",
+    multiprocess_mode="livesum",
+)
 TOKENS = Counter("hhh_chat_tokens_total", "Tokens in prompts and completions.", ["direction"])
 FEEDBACK = Counter(
     "hhh_feedback_total",

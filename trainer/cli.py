@@ -72,12 +72,13 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
     from trainer.daemon import TrainingDaemon
     from trainer.demo_model.build import build_demo_model
-    from trainer.devices import placement_of
+    from trainer.devices import pin_to_cpus, placement_of
     from trainer.metrics import ROUND_FAILURES
     from trainer.reward.refresh import on_policy_base
 
     settings, reward = TrainerSettings(), RewardSettings()
     placement_of(settings)  # a GPU that is not there is refused before the demo model is built
+    pin_to_cpus(settings)
     # The served model; where only the reward model's base is configured, that one.
     base_model = settings.base_model or reward.base_model or build_demo_model("demo", home=hhh_home())
     reward = on_policy_base(reward, base_model)
@@ -112,11 +113,12 @@ def _train_reward(args: argparse.Namespace) -> int:
     from trainer.config import RewardSettings, TrainerSettings
     from trainer.preferences.ingest import ingest_available
     from trainer.preferences.store import DatasetStore
-    from trainer.devices import placement_of
+    from trainer.devices import pin_to_cpus, placement_of
     from trainer.reward.refresh import on_policy_base, refresh_reward_model
 
     trainer_settings = TrainerSettings()
     placement = placement_of(trainer_settings)  # a GPU that is not there: refused before any work
+    pin_to_cpus(trainer_settings)
     settings = on_policy_base(RewardSettings(), trainer_settings.base_model)
     while True:
         dataset = DatasetStore(trainer_settings.dataset_path)

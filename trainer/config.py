@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.cpus import available_cpus, pinned_cpus
 from streams.config import hhh_home
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -109,6 +110,41 @@ class TrainerSettings(BaseSettings):
         description="Recompute decoder-layer activations in the backward pass (PPO, DPO, reward "
         "training): less activation memory for about a third more compute.",
     )
+    cpus: str = Field(
+        default="auto",
+        description="CPUs the trainer runs on: a cpu list such as 4-7 pins it there (its torch "
+        "threads: one per CPU, unless HHH_PPO_THREADS / HHH_DPO_THREADS / HHH_REWARD_THREADS say "
+        "otherwise); 'auto': under `hhh up` the trainer's share of the plan in common/cpus.py "
+        "(2 CPUs: cpu 1), alone unpinned; 'all': never pinned.",
+    )
+    yield_to: str | None = Field(
+        default=None,
+        description="Gateway URL whose in-flight chat requests (hhh_chat_requests_in_flight on its "
+        "/metrics) the trainer yields to, with yield_above_chats. `hhh up` sets its own gateway.",
+    )
+    yield_above_chats: int | None = Field(
+        default=None, ge=0,
+        description="Pause between PPO iterations and DPO epochs while the gateway has more than "
+        "this many chat requests in flight (0: while any is). Unset: never pause.",
+    )
+    yield_max_pause_s: float = Field(
+        default=60.0, gt=0,
+        description="Longest pause at one point, so that steady chat traffic slows training but "
+        "cannot starve it; paused time is counted in hhh_trainer_yield_seconds_total.",
+    )
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_are_available(cls, value: str) -> str:
+        pinned_cpus(value, setting="HHH_TRAINER_CPUS", available=available_cpus())
+        return value
+
+    @field_validator("yield_to")
+    @classmethod
+    def _yield_to_is_http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"yield_to must be the gateway's http(s) URL, got {url!r}")
+        return None if url is None else url.rstrip("/")
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

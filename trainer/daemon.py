@@ -23,6 +23,9 @@ A round (`TrainingDaemon.run_round`):
    whose verdicts differ on a share q = 0.3 passes about half the time, a gain of 0.25 at
    q = 0.35 84 %), and if it is no less harmless than the global adapter on the red team.
 
+With ``HHH_TRAINER_YIELD_ABOVE_CHATS`` set, each PPO iteration and DPO epoch first waits
+(bounded) while the gateway is busy with chat (`trainer.chat_yield`).
+
 Every step's effect is durable before the next begins, and nothing is visible half-written:
 the dataset commits per batch, reward models and adapters are written under a temporary name
 and renamed. A trainer killed anywhere therefore restarts the round from ingest, which skips
@@ -49,6 +52,7 @@ import torch
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
+from trainer.chat_yield import ChatYield
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
 from trainer.devices import placement_of
 from trainer.evidence import AttemptLog, Evidence
@@ -137,6 +141,8 @@ class TrainingDaemon:
         self.gate = gate
         self.attempts = AttemptLog(settings.runs_dir)
         self._harmlessness: RewardFn | None = None
+        self.chat_yield = ChatYield.from_settings(settings)
+        """Pauses PPO and DPO while chat is busy (``HHH_TRAINER_YIELD_*``); None: never."""
         self.placement = placement_of(settings)
         """Where every step computes (``HHH_TRAINER_DEVICE``/``_DTYPE``): a GPU the settings
         name that torch does not see is a `UserError` here, at start-up."""
@@ -207,7 +213,7 @@ class TrainingDaemon:
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
         trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
                              initial_beta=deployed_metrics.get("kl_beta"))
-        trainer.train(prompts, s.ppo_iterations)
+        trainer.train(prompts, s.ppo_iterations, pause=self._pause)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
                            missing_eos_penalty=self.ppo.missing_eos_penalty,
@@ -254,7 +260,7 @@ class TrainingDaemon:
         stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo,
                                self.placement)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
-        DPOTrainer(stack, self.dpo, record).train(train)
+        DPOTrainer(stack, self.dpo, record).train(train, pause=self._pause)
         # Against what the user is served now: their own adapter, or the global one.
         candidate_prefers, deployed_prefers = pair_preferences(stack, heldout, self.gate,
                                                                versus=self._path_of(scope, own))
@@ -314,6 +320,10 @@ class TrainingDaemon:
         VERDICTS.labels(scope_kind=scope_kind, outcome="published").inc()
         report.published.append(f"{scope}@{manifest.version}")
         report.note(f"{scope}: published version {manifest.version} (parent {parent})")
+
+    @property
+    def _pause(self) -> Callable[[str], object] | None:
+        return None if self.chat_yield is None else self.chat_yield.pause_while_busy
 
     def _red_team(self, dataset: DatasetStore) -> list[Conversation]:
         return red_team_prompts(self.gate, dataset, eval_percent=self.settings.eval_percent)

@@ -20,6 +20,11 @@ model shares the policy's base weights, so they must live on one device anyway.
 - On the CPU in float32 (the default), nothing is cast or moved: the trainer computes
   bit-for-bit what it computed before this module existed.
 
+CPUs: `pin_to_cpus` pins the trainer to ``HHH_TRAINER_CPUS`` where that is a cpu list (`hhh up`
+passes its plan, `common.cpus`, beside the engine) and runs torch on one thread per CPU; the
+``threads`` settings of PPO, DPO and the reward model still win for their step. Threads beyond
+the CPUs would only take turns on them.
+
 Memory-aware batch sizes: the work of one optimiser step is split into micro-batches whose
 gradients add up to the step's exactly (PPO ``micro_batch_size``, DPO ``micro_batch_size``,
 the reward model's ``max_tokens_per_forward``). `ShrinkingMicroBatch` runs a step and, on
@@ -32,6 +37,7 @@ re-raised as a `UserError` naming what to change.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +48,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from common.cpus import available_cpus, format_cpu_list, pinned_cpus
 from common.errors import UserError
 from trainer.config import DEVICE_PATTERN, DtypeSetting, TrainerSettings
 
@@ -71,6 +78,22 @@ CPU = Placement(torch.device("cpu"), torch.float32)
 def placement_of(settings: TrainerSettings) -> Placement:
     """The placement ``HHH_TRAINER_DEVICE``, ``_DTYPE`` and ``_GRADIENT_CHECKPOINTING`` ask for."""
     return resolve_placement(settings.device, settings.dtype, settings.gradient_checkpointing)
+
+
+def pin_to_cpus(settings: TrainerSettings) -> frozenset[int] | None:
+    """Run this process, and torch's intra- and inter-op threads, on ``HHH_TRAINER_CPUS``; the
+    CPUs, or None where the setting pins nothing (``auto`` alone, ``all``)."""
+    cpus = pinned_cpus(settings.cpus, setting="HHH_TRAINER_CPUS", available=available_cpus())
+    if cpus is None:
+        return None
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(len(cpus))
+    try:
+        torch.set_num_interop_threads(len(cpus))
+    except RuntimeError:  # only possible before any inter-op work, and only once: keep torch's
+        logger.debug("torch's inter-op threads were fixed already; leaving them")
+    logger.info("trainer pinned to cpus %s, %d torch threads", format_cpu_list(cpus), len(cpus))
+    return cpus
 
 
 def resolve_placement(device: str, dtype: DtypeSetting, gradient_checkpointing: bool = False) -> Placement:

@@ -14,6 +14,10 @@ ITERATION_STAT = Gauge(
     "approx_kl, value_loss, explained_variance, response_length, beta, loss, ...).",
     ["run", "stat"],
 )
+YIELD_SECONDS = Counter(
+    "hhh_trainer_yield_seconds",
+    "Seconds the trainer paused for chat traffic (HHH_TRAINER_YIELD_ABOVE_CHATS).",
+)
 ROUNDS = Counter("hhh_trainer_rounds", "Training rounds finished (ingest to publish).")
 LAST_ROUND = Gauge(
     "hhh_trainer_last_round_timestamp_seconds", "When the last training round finished (Unix time)."

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from common.cpus import available_cpus, default_plan, format_cpu_list
 from common.processes import free_port
 from tests.hhh.processes import CHAT, child_running, ready, running_hhh, wait_for
 
@@ -94,6 +95,24 @@ def test_the_trainer_daemon_runs_rounds_beside_the_gateway_and_is_restarted(
     seen = rounds_logged()
     wait_for(lambda: rounds_logged() > seen, 120, "a round of the restarted trainer")
     assert "the trainer exited; restarting it (restart 1)" in (home / "up.log").read_text()
+
+
+def test_engine_and_trainer_run_on_disjoint_cpu_sets_also_after_their_restarts(
+    served: tuple[str, subprocess.Popen],
+) -> None:
+    """(After the tests above restarted both.) The engine's processes on the engine's share of
+    the plan, its OpenMP threads bound there; the trainer on its share, told its gateway."""
+    url, process = served
+    plan = default_plan(available_cpus())
+    engine = child_running(process, "vllm.entrypoints.openai.api_server")
+    assert engine.environ()["VLLM_CPU_OMP_THREADS_BIND"] == format_cpu_list(plan.engine)
+    for part in (engine, *engine.children(recursive=True)):
+        assert set(part.cpu_affinity()) == plan.engine, part.cmdline()
+    trainer = child_running(process, "-m hhh train")
+    assert set(trainer.cpu_affinity()) == plan.trainer
+    assert trainer.environ()["HHH_TRAINER_CPUS"] == format_cpu_list(plan.trainer)
+    assert trainer.environ()["HHH_TRAINER_YIELD_TO"] == url
+    assert httpx.get(f"{url}/metrics").text.count("hhh_chat_requests_in_flight 0.0") == 1
 
 
 def test_sigterm_stops_hhh_up_and_every_child_it_started(served: tuple[str, subprocess.Popen]) -> None:

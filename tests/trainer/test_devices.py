@@ -124,3 +124,39 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(RuntimeError, match="a bug"):
         ShrinkingMicroBatch(8, minimum=1, unit="pairs", advice="").run(step, discard=lambda: None)
     assert tried == [8]
+
+
+PINNED = """
+import os, torch
+from trainer.config import TrainerSettings
+from trainer.devices import pin_to_cpus
+cpus = pin_to_cpus(TrainerSettings())
+print(sorted(cpus), sorted(os.sched_getaffinity(0)), torch.get_num_threads())
+"""
+
+
+def test_the_trainer_pins_itself_to_its_cpu_list_with_a_torch_thread_per_cpu() -> None:
+    cpu = max(os.sched_getaffinity(0))
+    env = {**os.environ, "HHH_TRAINER_CPUS": str(cpu)}
+    done = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("]")[:2] == [f"[{cpu}", f" [{cpu}"]
+    assert done.stdout.strip().endswith(" 1")
+
+
+def test_alone_and_on_auto_the_trainer_is_not_pinned() -> None:
+    from trainer.devices import pin_to_cpus
+
+    before = os.sched_getaffinity(0)
+    assert pin_to_cpus(TrainerSettings(cpus="auto")) is None
+    assert pin_to_cpus(TrainerSettings(cpus="all")) is None
+    assert os.sched_getaffinity(0) == before
+
+
+def test_hhh_train_with_a_cpu_it_may_not_use_stops_at_start_up_saying_which_it_may(tmp_path: Path) -> None:
+    env = {**os.environ, "HHH_HOME": str(tmp_path), "HHH_TRAINER_CPUS": "0,4096"}
+    command = [sys.executable, "-c", "from hhh.cli import main; main()", "train", "--once"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "HHH_TRAINER_CPUS='0,4096' names CPU(s) 4096 that this process may not use" in done.stderr
+    assert not (tmp_path / "models").exists()

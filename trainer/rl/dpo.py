@@ -18,7 +18,7 @@ stack's device; log-probabilities are float32 (`token_logprobs` casts the logits
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -142,8 +142,12 @@ class DPOTrainer:
                                       encoded.prompt_width)
         return sequence_logprobs(logits, encoded).view(2, -1)
 
-    def train(self, pairs: Sequence[TextPair]) -> list[dict[str, Any]]:
-        """`epochs` passes over `pairs` in shuffled mini-batches; one record entry per epoch."""
+    def train(self, pairs: Sequence[TextPair], *,
+              pause: Callable[[str], object] | None = None) -> list[dict[str, Any]]:
+        """`epochs` passes over `pairs` in shuffled mini-batches; one record entry per epoch.
+
+        ``pause``: called before each epoch with its name (`trainer.chat_yield`).
+        """
         if not pairs:
             raise ValueError("no preference pairs to train on")
         s = self.settings
@@ -152,6 +156,8 @@ class DPOTrainer:
         self.stack.peft_model.eval()
         history = []
         for epoch in range(1, s.epochs + 1):
+            if pause is not None:
+                pause(f"DPO epoch {epoch}")
             started = time.perf_counter()
             losses, margins, correct = [], [], 0
             for rows in torch.randperm(len(pairs), generator=self.generator).split(s.batch_size):

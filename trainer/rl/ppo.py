@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -114,14 +114,21 @@ class PPOTrainer:
             else partial(sample_rollout, merged=settings.merge_for_rollout)
         )
 
-    def train(self, prompts: Sequence[Conversation], iterations: int) -> list[dict[str, Any]]:
-        """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass)."""
+    def train(self, prompts: Sequence[Conversation], iterations: int, *,
+              pause: Callable[[str], object] | None = None) -> list[dict[str, Any]]:
+        """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass).
+
+        ``pause``: called before each iteration with its name (`trainer.chat_yield`: wait while
+        chat traffic is high).
+        """
         size = self.settings.rollout_batch_size
         if len(prompts) < size:
             raise ValueError(f"{len(prompts)} prompts are fewer than rollout_batch_size={size}")
         order: list[int] = []
         history = []
-        for _ in range(iterations):
+        for number in range(1, iterations + 1):
+            if pause is not None:
+                pause(f"PPO iteration {number}")
             if len(order) < size:
                 order += torch.randperm(len(prompts), generator=self.generator).tolist()
             batch, order = order[:size], order[size:]
