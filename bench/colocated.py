@@ -37,6 +37,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -202,7 +203,8 @@ async def measure_mode(name: str, plan: CpuPlan, yield_above: int | None, args: 
         print(f"{name}: {plan.describe()}; starting vLLM (log {engine.config.log_path}) ...", flush=True)
         engine.wait_ready()
         gateway = multiprocessing.get_context("spawn").Process(
-            target=serve_gateway, name="bench-gateway", args=(engine.url, str(folder / name), gateway_port, None))
+            target=serve_gateway, name="bench-gateway",
+            args=(engine.url, str(folder / name), gateway_port, secrets.token_hex(32), None))
         (folder / name).mkdir()
         gateway.start()
         wait_until_ready(f"{gateway_url}/readyz", 60, gateway.is_alive)
