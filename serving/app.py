@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
@@ -275,12 +276,27 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def on_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error(request, 400, "invalid_request", _describe(error))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals: an unknown route or method, and a body it could not parse at
+        # all (json_invalid is a RequestValidationError; JSON nested past Python's recursion
+        # limit is this, with the RecursionError as its cause).
+        if isinstance(error.__cause__, RecursionError):
+            return _error(request, 400, "invalid_request",
+                          "malformed JSON: nested too deeply to parse; send plain objects and arrays")
+        reason = _HTTP_REASONS.get(error.status_code, "invalid_request")
+        return _error(request, error.status_code, reason, str(error.detail))
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         return _error(request, 500, "internal_error", "internal error; it was logged")
 
     return app
+
+
+_HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
+"""The ``reason`` label of FastAPI's own 4xx refusals (`on_http_error`)."""
 
 
 def _error(request: Request, status: int, reason: str, detail: str) -> JSONResponse:

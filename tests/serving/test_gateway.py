@@ -219,6 +219,28 @@ def test_malformed_and_oversized_bodies_are_refused(gateway: RunningGateway) -> 
     assert oversized.status_code == 413 and "exceeds the limit of 1,000,000 bytes" in oversized.json()["detail"]
 
 
+def test_json_nested_too_deeply_and_unknown_routes_are_refused_in_the_api_shape_and_counted(
+    gateway: RunningGateway,
+) -> None:
+    headers = {"authorization": "Bearer sk-alice", "content-type": "application/json"}
+    counted = 'hhh_rejected_requests_total{reason="invalid_request",route="/v1/feedback"} '
+
+    def refusals() -> float:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        return next((float(row.removeprefix(counted)) for row in text.splitlines() if row.startswith(counted)), 0.0)
+
+    before = refusals()
+    deep = httpx.post(f"{gateway.url}/v1/feedback", content=b"[" * 100_000 + b"]" * 100_000, headers=headers)
+    assert deep.status_code == 400, deep.text
+    assert deep.json()["detail"] == "malformed JSON: nested too deeply to parse; send plain objects and arrays"
+    assert deep.json()["error"]["code"] == "invalid_request"
+    assert refusals() == before + 1
+    unknown = httpx.get(f"{gateway.url}/v1/nowhere", headers=headers)
+    assert unknown.status_code == 404 and unknown.json()["error"] == {
+        "message": "Not Found", "type": "invalid_request_error", "code": "not_found"}
+    assert httpx.get(f"{gateway.url}/v1/feedback", headers=headers).status_code == 405
+
+
 def test_text_utf8_cannot_encode_is_refused_before_any_id_is_issued(open_gateway: RunningGateway) -> None:
     headers = {"content-type": "application/json"}
     before = completions_logged_for(open_gateway, "surrogate-sender")
