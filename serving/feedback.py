@@ -110,9 +110,8 @@ class FeedbackService:
         )
         await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
         self._latest.accepted(target, content, event.event_id)
-        metrics.FEEDBACK.labels(
-            kind="thumbs", criterion=request.criterion, vote=request.vote, adapter=claim.adapter.label
-        ).inc()
+        metrics.FEEDBACK.labels(kind="thumbs", criterion=request.criterion, vote=request.vote,
+                                adapter=metrics.feedback_adapter_label(claim.adapter)).inc()
         return FeedbackAccepted(event_id=event.event_id)
 
     async def ranking(
@@ -169,7 +168,7 @@ class FeedbackService:
         self._latest.accepted(target, content, event.event_id)
         metrics.FEEDBACK.labels(
             kind="ranking", criterion=request.criterion, vote="ranking",
-            adapter=claims[groups[0][0]].adapter.label,
+            adapter=metrics.feedback_adapter_label(claims[groups[0][0]].adapter),
         ).inc()
         return FeedbackAccepted(event_id=event.event_id)
 

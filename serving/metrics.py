@@ -18,6 +18,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from streams.events import AdapterRef
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 HTTP_REQUESTS = Counter(
@@ -50,7 +52,8 @@ TOKENS = Counter("hhh_chat_tokens_total", "Tokens in prompts and completions.", 
 FEEDBACK = Counter(
     "hhh_feedback_total",
     "Accepted feedback. vote: up/down for thumbs, 'ranking' for rankings; adapter: what "
-    "served the rated (for rankings: the best-ranked) completion, e.g. global@3 or base.",
+    "served the rated (for rankings: the best-ranked) completion: base, global@<version>, or "
+    "user for every personal adapter (one label value per user would grow without bound).",
     ["kind", "criterion", "vote", "adapter"],
 )
 ENGINE_UP = Gauge(
@@ -90,3 +93,9 @@ def exposition() -> bytes:
         MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+def feedback_adapter_label(adapter: AdapterRef) -> str:
+    """The ``adapter`` label of `FEEDBACK`: ``base``, ``global@<version>``, or ``user`` for any
+    personal adapter, so that the label's values stay as few as the global versions."""
+    return "user" if adapter.scope.startswith("user:") else adapter.label

@@ -119,7 +119,7 @@ class AdapterRef(BaseModel):
 
     @property
     def label(self) -> str:
-        """``base``, ``global@3`` or ``user:ann@2``: for headers, logs and metric labels."""
+        """``base``, ``global@3`` or ``user:ann@2``: for headers and logs (metrics: `serving.metrics`)."""
         return self.scope if self.version is None else f"{self.scope}@{self.version}"
 
 

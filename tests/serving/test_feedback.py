@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from serving.completion_ids import CompletionClaim, CompletionIdSigner
+from serving.metrics import feedback_adapter_label
 from streams.codec import COMPLETIONS
 from streams.events import AdapterRef, ChatMessage, CompletionEvent, SamplingParams
 from streams.sqlite_log import SqliteEventLog
@@ -224,3 +225,12 @@ def test_api_keys_never_show_in_the_gateways_log(tmp_path: Path, caplog: pytest.
             gateway.stop()
     assert caplog.records and "PLANTED" not in caplog.text
     assert "PLANTED" not in repr(gateway.gateway) and "PLANTED" not in repr(gateway.gateway.settings)
+
+
+def test_feedback_is_counted_per_global_version_and_once_for_all_personal_adapters() -> None:
+    """The ``adapter`` label of hhh_feedback_total takes as many values as there are global
+    versions, however many users have a personal adapter."""
+    labels = {feedback_adapter_label(AdapterRef(scope=scope, version=version))
+              for scope, version in [("base", None), ("global", 1), ("global", 2),
+                                     *((f"user:u{i}", 1 + i % 3) for i in range(500))]}
+    assert labels == {"base", "global@1", "global@2", "user"}
