@@ -124,6 +124,7 @@ def serve(model_dir: Path | None = None, *, with_trainer: bool = False) -> None:
             supervisors.append(ProcessSupervisor(
                 engine, "engine", probe=engine.health,
                 restart_unhealthy_after_s=settings.engine_restart_after_s,
+                start_timeout_s=settings.engine_start_timeout_s,
             ))
             supervisors[-1].start()
             settings = settings.model_copy(update={"engine_urls": [engine.url], "engine_api_key": engine_key})

@@ -33,7 +33,8 @@ class ProcessSupervisor:
 
     ``probe`` says whether the child answered and why it is unhealthy (`EngineHealth`). Being
     unhealthy counts only once the child has answered since its last start, so a child that is
-    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that.
+    still starting (vLLM: a minute or two, its port closed meanwhile) is not restarted for that —
+    unless it has not answered at all ``start_timeout_s`` after starting (hung while loading).
     A restart stops the child's whole process group first (`ChildProcess.stop`): for vLLM, its
     API server and what is left of its engine core.
     """
@@ -41,6 +42,7 @@ class ProcessSupervisor:
     def __init__(
         self, child: Supervised, name: str, *, check_interval_s: float = 1.0,
         probe: Callable[[], EngineHealth] | None = None, restart_unhealthy_after_s: float = 15.0,
+        start_timeout_s: float = 900.0,
     ) -> None:
         self.child = child
         self.name = name
@@ -48,6 +50,8 @@ class ProcessSupervisor:
         self._check_interval_s = check_interval_s
         self._probe = probe
         self._restart_unhealthy_after_s = restart_unhealthy_after_s
+        self._start_timeout_s = start_timeout_s
+        self._started_at = time.monotonic()
         self._answered_since_start = False
         self._unhealthy_since: float | None = None
         self._stopping = threading.Event()
@@ -55,6 +59,7 @@ class ProcessSupervisor:
 
     def start(self) -> None:
         """Start the child (without waiting for it) and watch it from a thread."""
+        self._started_at = time.monotonic()
         self.child.start()
         self._thread.start()
 
@@ -75,6 +80,7 @@ class ProcessSupervisor:
             self._answered_since_start, self._unhealthy_since = False, None
             try:
                 self.child.stop()  # the old process group first: reaps an exited one, ends a live one
+                self._started_at = time.monotonic()
                 self.child.start()
             except Exception:  # noqa: BLE001 - keep supervising; the next check tries again
                 log.exception("restarting the %s failed", self.name)
@@ -90,10 +96,12 @@ class ProcessSupervisor:
         if health.problem is None:
             self._unhealthy_since = None
             return None
-        if not self._answered_since_start:
-            return None  # still starting
-        problem = health.problem
         now = time.monotonic()
+        if not self._answered_since_start:
+            if now - self._started_at < self._start_timeout_s:
+                return None  # still starting
+            return f"has not answered {now - self._started_at:.0f} s after starting ({health.problem})"
+        problem = health.problem
         if self._unhealthy_since is None:
             self._unhealthy_since = now
             log.warning("the %s is unhealthy although its process runs (%s); restarting it unless it "

@@ -182,6 +182,11 @@ class GatewaySettings(BaseSettings):
         "503 once vLLM's engine core died) while its process runs before it is restarted. Remote "
         "engines (engine_urls) are only marked down, never restarted.",
     )
+    engine_start_timeout_s: float = Field(
+        default=900.0, gt=0,
+        description="How long the engine `hhh serve` starts may take to answer its first health "
+        "check before it is taken for hung and restarted (vLLM on CPU: 30-120 s to load).",
+    )
     workers: int = Field(
         default=1, ge=1,
         description="Gateway worker processes behind the one port (`hhh serve`/`hhh up`; the "

@@ -17,10 +17,12 @@ class StandIn:
 
     def __init__(self) -> None:
         self.running = self.listening = self.healthy = False
+        self.up_on_start = False
         self.starts = 0
 
     def start(self) -> None:
-        self.running, self.listening, self.healthy = True, False, False  # still starting
+        up = self.up_on_start  # else still starting
+        self.running, self.listening, self.healthy = True, up, up
         self.starts += 1
 
     def stop(self) -> None:
@@ -82,6 +84,27 @@ def test_a_child_still_starting_is_not_restarted_for_being_unhealthy(child: Stan
     assert supervisor._restart_reason() is None
     child.listening = False  # stalled or closed after it had come up: that counts
     assert "stayed unhealthy" in supervisor._restart_reason()
+
+
+def test_a_child_that_never_answers_after_starting_is_restarted_at_the_start_timeout(
+    child: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A vLLM server hung while loading (its port never opens) is restarted, not waited for
+    forever; one that is merely slow to start is left alone until then (the test above)."""
+    supervisor = ProcessSupervisor(child, "engine", check_interval_s=0.01, probe=child.health,
+                                   start_timeout_s=0.3)
+    supervisor.start()
+    try:
+        wait_for(lambda: child.starts == 3, "two restarts of a child that never answers")
+        assert "the engine has not answered" in caplog.text and "ConnectError" in caplog.text
+        child.up_on_start = True
+        child.come_up()  # this start (or, if a restart is under way, the next) answers
+        wait_for(lambda: supervisor._answered_since_start, "the child to answer")
+        starts = child.starts
+        time.sleep(0.5)
+        assert child.starts == starts, "a child that answered is not restarted by the start timeout"
+    finally:
+        supervisor.stop()
 
 
 def test_a_child_that_recovers_within_the_window_is_left_alone(child: StandIn) -> None:
