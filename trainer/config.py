@@ -67,6 +67,11 @@ class TrainerSettings(BaseSettings):
     ingest_idle_s: float = Field(
         default=1.0, gt=0, description="Ingest stops once the log has been quiet this long."
     )
+    ingest_max_s: float = Field(
+        default=60.0, gt=0,
+        description="Ingest stops after this long even if the log never goes quiet (votes "
+        "arriving more often than HHH_TRAINER_INGEST_IDLE_S); the next round reads the rest.",
+    )
     ppo_iterations: int = Field(default=8, ge=1, description="PPO iterations per global round.")
     prompt_pool: int = Field(
         default=512, ge=1, description="Most recent distinct training prompts PPO samples from."

@@ -162,7 +162,8 @@ class TrainingDaemon:
         report = RoundReport(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
         dataset = DatasetStore(self.settings.dataset_path)
         try:
-            stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s)
+            stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s,
+                                      max_s=self.settings.ingest_max_s)
             report.note(f"ingested {stored} new events")
             outcome = refresh_reward_model(self.settings, self.reward, progress=False,
                                            placement=self.placement)
