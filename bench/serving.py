@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.serving [--model DIR] [--requests 300] [--concurrency 1 8 32]
                                       [--stream-requests 96] [--feedback 4000]
+                                      [--workers-feedback 8000]
 
 One vLLM OpenAI server (CPU, the tiny demo model, served as ``base``, launched as the service
 launches it: `serving.engine.EngineProcess`, fp32) and one gateway in front
@@ -22,6 +23,13 @@ Phases:
   feedback    POST /v1/feedback (thumbs on completion ids from the chat phase) at concurrency
               32: accepted/s (each is durable in the outbox before its 200), and delivered/s
               (until the event log holds them all). Target >= 2,000/s.
+  workers     the same feedback load against `hhh serve` itself, run twice side by side on
+              the same engine and settings: HHH_GATEWAY_WORKERS=1 and =2 (each with its own
+              HHH_HOME and embedded event log), in ABBA order (1, 2, 2, 1; half of
+              ``--workers-feedback`` each time). Reported per worker count: accepted/s,
+              delivered/s, accepted vs stored in the event log (lost: their difference), and
+              for 2 workers each worker's share of the delivered events (how evenly the kernel
+              spread the connections). Target: 2 workers >= 1.7x 1 worker, 0 lost.
 CPU: for every phase, the cores used by vLLM (all its processes), the gateway, the load
 generator and everything else on the machine (other people's jobs: read numbers with them).
 The feedback load generator is a minimal HTTP/1.1 keep-alive client (httpx costs more CPU per
@@ -39,6 +47,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,7 +59,7 @@ import numpy as np
 import psutil
 
 from streams.config import hhh_home
-from common.processes import free_port
+from common.processes import ChildProcess, free_port
 from serving.engine import EngineConfig, EngineProcess
 
 FALLBACK_MODEL = Path("/tmp/mymodel/tiny")
@@ -130,24 +139,29 @@ def wait_until_ready(url: str, timeout_s: float, alive: Callable[[], bool]) -> N
     raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s")
 
 
-def serve_gateway(engine_url: str, home: str, port: int, profile_path: str | None) -> None:
+def serve_gateway(engine_url: str, home: str, port: int, signing_key: str, profile_path: str | None) -> None:
     """The gateway process: wired as tests/fixtures/gateway.py does, auth off (runs until SIGTERM)."""
     import uvicorn
 
     from serving.app import build_gateway, create_app
     from serving.config import GatewaySettings
+    from serving.limits.config import LimitSettings
+    from serving.limits.server import server_options
     from streams.outbox import Outbox, OutboxDrainer
     from streams.sqlite_log import SqliteEventLog
 
     folder = Path(home)
     settings = GatewaySettings(
-        port=port, engine_urls=[engine_url], signing_key=secrets.token_hex(32), auth=False,
+        port=port, engine_urls=[engine_url], signing_key=signing_key, auth=False,
         served_model_name=GATEWAY_MODEL,
     )
     outbox = Outbox(folder / "outbox.db", name="bench")
     drainer = OutboxDrainer(outbox, lambda: SqliteEventLog(folder / "events.db"))
-    gateway = build_gateway(settings, outbox, drainer)
-    config = uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
+    # One load generator is one caller: the per-caller limits would measure themselves.
+    limits = LimitSettings(rate_per_s=0, concurrent_per_caller=0)
+    gateway = build_gateway(settings, outbox, drainer, limits=limits)
+    config = uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning",
+                            **server_options(limits))
     server = uvicorn.Server(config)
     if profile_path is None:
         server.run()
@@ -179,13 +193,14 @@ def stop_gateway(process: multiprocessing.Process) -> None:
 
 
 class CpuMeter:
-    """CPU seconds used by vLLM (its process tree), the gateway, this process, and the rest."""
+    """CPU seconds used by vLLM (its process tree), the gateway (its process tree: `hhh serve`
+    and its workers), this process, and the rest."""
 
     def __init__(self, engine_pid: int, gateway_pid: int) -> None:
-        engine = psutil.Process(engine_pid)
+        engine, gateway = psutil.Process(engine_pid), psutil.Process(gateway_pid)
         self._groups = {
             "vllm": [engine, *engine.children(recursive=True)],
-            "gateway": [psutil.Process(gateway_pid)],
+            "gateway": [gateway, *gateway.children(recursive=True)],
             "loadgen": [psutil.Process(os.getpid())],
         }
 
@@ -393,9 +408,12 @@ async def wait_for_rows(events_db: Path, topic: str, count: int, timeout_s: floa
 @dataclass
 class FeedbackResult:
     accepted: int
+    stored: int
+    """Of the accepted, how many the event log holds once delivery ended (or timed out)."""
     errors: int
     accept_s: float
     deliver_s: float
+    """Until the event log held every accepted event; NaN if it never did (then ``stored`` is short)."""
     latencies: list[float]
     cpu: dict[str, float]
 
@@ -432,12 +450,122 @@ async def feedback_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     accepted_at = time.perf_counter()
-    delivered_at = await wait_for_rows(events_db, "feedback", already + len(latencies), 120)
+    try:
+        delivered_at = await wait_for_rows(events_db, "feedback", already + len(latencies), 120)
+    except TimeoutError:
+        delivered_at = float("nan")
     used = CpuMeter.cores(before, meter.snapshot())
     return FeedbackResult(
-        accepted=len(latencies), errors=errors, accept_s=accepted_at - started,
+        accepted=len(latencies), stored=count_rows(events_db, "feedback") - already,
+        errors=errors, accept_s=accepted_at - started,
         deliver_s=delivered_at - started, latencies=latencies, cpu=used,
     )
+
+
+# ---------------------------------------------------------------- 1 vs 2 gateway workers
+
+
+class HhhServe(ChildProcess):
+    """`hhh serve` with ``workers`` gateway workers in front of ``engine_url``, in its own home."""
+
+    def __init__(self, workers: int, engine_url: str, home: Path, signing_key: str) -> None:
+        super().__init__(home / "serve.log")
+        self.workers, self.home, self.port = workers, home, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._environment = {
+            **os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(self.port),
+            "HHH_GATEWAY_WORKERS": str(workers), "HHH_GATEWAY_ENGINE_URLS": json.dumps([engine_url]),
+            "HHH_GATEWAY_SIGNING_KEY": signing_key,  # the chat phase's completion ids verify here
+            "HHH_GATEWAY_SERVED_MODEL_NAME": GATEWAY_MODEL,
+            # One load generator is one caller: the per-caller limits would measure themselves.
+            "HHH_LIMITS_RATE_PER_S": "0", "HHH_LIMITS_CONCURRENT_PER_CALLER": "0",
+        }
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.spawn([sys.executable, "-m", "hhh", "serve"], self._environment)
+
+    def delivered_per_worker(self) -> list[float]:
+        """Events each worker's outbox (``gateway-w<i>``) delivered so far, from ``/metrics``."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return [sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("hhh_outbox_delivered_total{") and f'outbox="gateway-w{index}"' in line)
+                for index in range(self.workers)]
+
+
+@dataclass
+class WorkersResult:
+    """The feedback load against `hhh serve` with one worker count, its ABBA halves summed."""
+
+    workers: int
+    runs: list[FeedbackResult] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)
+    """Each worker's share of the events the workers' outboxes delivered (2 workers: the balance)."""
+
+    def total(self, name: str) -> float:
+        return sum(getattr(run, name) for run in self.runs)
+
+    def cores(self, group: str) -> float:
+        """Average cores ``group`` used over the runs (``others``: the rest of the machine)."""
+        def seconds(run: FeedbackResult) -> float:
+            used = run.cpu["seconds"]
+            if group != "others":
+                return used[group]
+            return max(0.0, used["busy"] - used["vllm"] - used["gateway"] - used["loadgen"])
+        return sum(seconds(run) for run in self.runs) / max(1e-9, self.total("deliver_s"))
+
+
+async def workers_phase(
+    args: argparse.Namespace, engine_url: str, engine_pid: int, ids: list[tuple[str, str]],
+    signing_key: str, folder: Path,
+) -> list[WorkersResult]:
+    """The feedback load against `hhh serve` with 1 and with 2 workers, ABBA (1, 2, 2, 1)."""
+    servers = {n: HhhServe(n, engine_url, folder / f"serve-{n}-workers", signing_key) for n in (1, 2)}
+    results = {n: WorkersResult(n) for n in servers}
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            await asyncio.to_thread(wait_until_ready, f"{server.url}/readyz", 120, lambda s=server: s.running)
+        meters = {n: CpuMeter(engine_pid, server.pid) for n, server in servers.items()}
+        for n, server in servers.items():  # warm-up: connections, code paths, SQLite files
+            await feedback_load(server.port, server.home / "events.db", ids, 200, args.feedback_concurrency,
+                                meters[n])
+        for n in (1, 2, 2, 1):
+            print(f"workers: {n} gateway worker(s), {args.workers_feedback // 2} thumbs at concurrency "
+                  f"{args.feedback_concurrency} ...", flush=True)
+            server = servers[n]
+            results[n].runs.append(await feedback_load(
+                server.port, server.home / "events.db", ids, args.workers_feedback // 2,
+                args.feedback_concurrency, meters[n],
+            ))
+        delivered = servers[2].delivered_per_worker()
+        results[2].shares = [count / max(1.0, sum(delivered)) for count in delivered]
+    finally:
+        for server in servers.values():
+            server.stop()
+    return list(results.values())
+
+
+def report_workers(args: argparse.Namespace, results: list[WorkersResult]) -> None:
+    """Print the 1-vs-2-workers table."""
+    print(f"\nfeedback through `hhh serve`: POST /v1/feedback at concurrency {args.feedback_concurrency}, "
+          f"{args.workers_feedback:,} thumbs per worker count (ABBA halves); {load_line()}\n")
+    print("| gateway workers | accepted | stored | lost | accepted/s | delivered/s | ratio to 1 (≥1.7) "
+          "| p50 ms | p99 ms | cores: gateway | load gen | others | share per worker |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    single = None
+    for result in results:
+        accepted, stored = int(result.total("accepted")), int(result.total("stored"))
+        rate = accepted / result.total("accept_s")
+        single = single or rate
+        latencies = [latency for run in result.runs for latency in run.latencies]
+        shares = " / ".join(f"{share:.0%}" for share in result.shares) or "—"
+        ratio_cell = "1" if result.workers == 1 else f"{rate / single:.2f} {verdict(rate >= 1.7 * single)}"
+        print(f"| {result.workers} | {accepted:,} | {stored:,} | {accepted - stored} {verdict(accepted == stored)} "
+              f"| {rate:,.0f} | {accepted / result.total('deliver_s'):,.0f} | {ratio_cell} "
+              f"| {pct(latencies, 50):.1f} | {pct(latencies, 99):.1f} | {result.cores('gateway'):.2f} "
+              f"| {result.cores('loadgen'):.2f} | {result.cores('others'):.2f} | {shares} |")
 
 
 # ---------------------------------------------------------------- the bench
@@ -451,6 +579,8 @@ class Results:
     stream: tuple[int, dict[str, Run], dict[str, dict[str, float]]] | None = None
     feedback: FeedbackResult | None = None
     feedback_load: str = ""
+    ids: list[tuple[str, str]] = field(default_factory=list)
+    """(completion id, user) of the gateway's chat completions, for the workers phase."""
 
 
 async def bench(
@@ -494,6 +624,7 @@ async def bench(
         for client in clients.values():
             await client.aclose()
 
+    results.ids = ids
     # The completion events of the chat phases reach the log before feedback is timed.
     await wait_for_rows(events_db, "completions", gateway_chats, 120)
     if args.feedback and ids:
@@ -607,6 +738,8 @@ def main() -> None:
     parser.add_argument("--stream-concurrency", type=int, default=8)
     parser.add_argument("--feedback", type=int, default=4000, help="thumbs to post; 0: skip")
     parser.add_argument("--feedback-concurrency", type=int, default=32)
+    parser.add_argument("--workers-feedback", type=int, default=8000,
+                        help="thumbs per worker count in the 1-vs-2 gateway workers phase; 0: skip")
     parser.add_argument("--profile-gateway", metavar="FILE",
                         help="run the gateway under cProfile and write its stats to FILE "
                         "(slows the gateway: not for the numbers)")
@@ -626,9 +759,10 @@ def main() -> None:
             engine_url = engine.url
             print(f"starting vLLM on {engine_url} (log: {engine.config.log_path}) ...", flush=True)
             engine.wait_ready()
+            signing_key = secrets.token_hex(32)
             gateway = multiprocessing.get_context("spawn").Process(
                 target=serve_gateway, name="bench-gateway",
-                args=(engine_url, str(folder), gateway_port, args.profile_gateway),
+                args=(engine_url, str(folder), gateway_port, signing_key, args.profile_gateway),
             )
             gateway.start()
             wait_until_ready(f"{gateway_url}/readyz", 60, gateway.is_alive)
@@ -638,6 +772,12 @@ def main() -> None:
                 bench(args, engine_url, gateway_url, gateway_port, folder / "events.db", meter)
             )
             report(args, results)
+            if args.workers_feedback and results.ids:
+                stop_gateway(gateway)  # idle, but not beside the workers phase
+                workers = asyncio.run(
+                    workers_phase(args, engine_url, engine.pid, results.ids, signing_key, folder)
+                )
+                report_workers(args, workers)
             print(f"\nthe phases took {time.perf_counter() - started:.0f} s (after the engine "
                   f"started); end: {load_line()}")
         finally:

@@ -5,7 +5,9 @@ file. `stop` signals the whole group â€” SIGTERM, then SIGKILL after a timeout â
 once no process of the group is left, so grandchildren (vLLM's engine core, say) never outlive
 it and its port and memory are free again. On Linux the child is also asked to receive SIGTERM
 when its parent dies (``PR_SET_PDEATHSIG``), so that a parent killed without a chance to stop
-it (SIGKILL, a crash) leaves no orphan behind. The vLLM engine (`serving.engine.EngineProcess`),
+it (SIGKILL, a crash) leaves no orphan behind. Given ``cpus``, the child is pinned to them before
+it runs its command (``sched_setaffinity``), and so is every process it starts: the whole group
+stays on its CPU set (`common.cpus`). The vLLM engine (`serving.engine.EngineProcess`),
 the trainer daemon that `hhh up` supervises and the test broker are all `ChildProcess`es.
 """
 
@@ -20,6 +22,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 
@@ -52,10 +55,14 @@ class ChildProcess:
         """The exit code once the process has exited; None while it runs or was never started."""
         return self._process.poll() if self._process is not None else None
 
-    def spawn(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        """Start ``command`` in a new session (its own process group); returns at once."""
+    def spawn(self, command: Sequence[str], env: Mapping[str, str] | None = None,
+              cpus: frozenset[int] | None = None) -> None:
+        """Start ``command`` in a new session (its own process group); returns at once.
+
+        ``cpus``: the CPUs it and its descendants may run on (None: this process's).
+        """
         options = {"stdin": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "start_new_session": True,
-                   "env": None if env is None else dict(env), "preexec_fn": _die_with_parent}
+                   "env": None if env is None else dict(env), "preexec_fn": partial(_prepare_child, cpus)}
         if self.log_path is None:
             self._process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, **options)
             return
@@ -107,10 +114,13 @@ def wait_for_port(port: int, child: ChildProcess, timeout_s: float, host: str = 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the forked child, before exec: SIGTERM me when the thread that forked me exits."""
+def _prepare_child(cpus: frozenset[int] | None) -> None:
+    """In the forked child, before exec: SIGTERM me when the thread that forked me exits; pin
+    me (and so what I start) to ``cpus``."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

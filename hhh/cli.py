@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from common.errors import UserError
 from serving.adapters.cli import register as register_adapter_commands
-from streams.config import hhh_home
+from streams.config import hhh_home, private_hhh_home
 from trainer.cli import register as register_train_commands
 
 
@@ -101,7 +101,8 @@ def _data_stats(args: argparse.Namespace) -> int:
         raise UserError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
     store = DatasetStore(settings.dataset_path)
     print(format_stats(store.build_pairs(eval_percent=settings.eval_percent,
-                                         min_agreement=settings.min_agreement)))
+                                         min_agreement=settings.min_agreement,
+                                         cross_user_weight=settings.cross_user_pair_weight)))
     return 0
 
 
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        private_hhh_home()
         sys.exit(run(args))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -21,7 +21,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
@@ -31,13 +32,17 @@ from serving.adapters.controller import HotSwapController
 from serving.adapters.store import AdapterStore
 from serving.chat import Caller, ChatService
 from serving.completion_ids import CompletionIdSigner
-from serving.config import ApiKey, GatewaySettings
+from serving.config import ApiKey, GatewaySettings, api_key_digest
 from serving.engines import EnginePool, EngineUnavailable
 from serving.errors import GatewayError
 from serving.feedback import LABELER, FeedbackService
+from serving.limits.callers import CallerLimits
+from serving.limits.config import LimitSettings
+from serving.limits.server import BodyDeadline
 from serving.protocol import ChatCompletionRequest, FeedbackAccepted, RankingRequest, ThumbsRequest
 from serving.routing import AdapterRouter
-from serving.web.labeling import LabelingFollower, LabelingQueue, LabelingSettings, LabelingTask
+from serving.config import LabelingSettings
+from serving.web.labeling import LabelingFollower, LabelingQueue, LabelingTask
 from serving.web.pages import PAGE_ROUTES, install_pages
 from streams.log import EventLog
 from streams.outbox import Outbox, OutboxDrainer
@@ -63,6 +68,10 @@ class Gateway:
     chat: ChatService
     feedback: FeedbackService
     api_keys: dict[str, ApiKey]
+    """SHA-256 of each API key -> its owner."""
+    limits: LimitSettings
+    replica: str
+    """This gateway's replica id (``HHH_ADAPTERS_REPLICA_ID``; a worker's ends in ``-w<i>``)."""
     adapters: HotSwapController | None = None
     labeling: LabelingFollower | None = None
 
@@ -74,31 +83,39 @@ def build_gateway(
     *,
     adapter_log: Callable[[], EventLog] | None = None,
     adapter_settings: AdapterSettings | None = None,
+    limits: LimitSettings | None = None,
 ) -> Gateway:
     """Wire a gateway for ``settings``; the outbox and its drainer come from the caller.
+
+    ``limits``: per-caller, server and request limits (default: ``HHH_LIMITS_*``).
 
     ``adapter_log`` opens the event log whose ``adapters`` topic the hot-swap controller
     follows, and whose ``completions`` and ``feedback`` the labeler queue reads; without it the
     gateway serves the base model only and has no labeler queue.
     """
+    if settings.public_without_auth:
+        log.warning("UNSAFE: auth is off on %s (HHH_GATEWAY_ALLOW_UNAUTHENTICATED_PUBLIC): anyone "
+                    "who reaches this port can act as any user", settings.host)
     pool = EnginePool(settings.engine_urls, interval_s=settings.health_interval_s,
                       api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
     router = AdapterRouter()
     signer = CompletionIdSigner(settings.signing_secret())
+    limits = limits or LimitSettings()
     adapters = labeling = None
+    adapter_settings = adapter_settings or AdapterSettings()
+    replica = adapter_settings.replica(settings.port)
     if adapter_log is not None:
         labeling = LabelingFollower(LabelingQueue(LabelingSettings()), adapter_log)
-        adapter_settings = adapter_settings or AdapterSettings()
         adapters = HotSwapController(
-            adapter_settings, adapter_settings.replica(settings.port),
+            adapter_settings, replica,
             AdapterStore(adapter_settings.store_root), router, pool, adapter_log,
         )
     return Gateway(
         settings=settings, pool=pool, router=router, outbox=outbox, drainer=drainer,
-        chat=ChatService(settings, pool, router, signer, outbox),
-        feedback=FeedbackService(signer, outbox),
+        chat=ChatService(settings, pool, router, signer, outbox, limits),
+        feedback=FeedbackService(signer, outbox, limits.criteria),
         api_keys=settings.key_table() if settings.auth else {},
-        adapters=adapters, labeling=labeling,
+        limits=limits, replica=replica, adapters=adapters, labeling=labeling,
     )
 
 
@@ -110,16 +127,21 @@ async def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
+def owner_of(gateway: Gateway, key: str) -> ApiKey | None:
+    """Who API key ``key`` belongs to (looked up by its SHA-256), or None for no such key."""
+    return gateway.api_keys.get(api_key_digest(key))
+
+
 async def authenticate(gateway: GatewayDep, authorization: Annotated[str | None, Header()] = None) -> Caller | None:
     """The caller named by the API key; ``None`` when auth is off."""
     if not gateway.settings.auth:
         return None
     if not authorization or not authorization.lower().startswith("bearer "):
         raise GatewayError(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'")
-    owner = gateway.api_keys.get(authorization[7:].strip())
+    owner = owner_of(gateway, authorization[7:].strip())
     if owner is None:
         raise GatewayError(401, "invalid_api_key", "the API key is not valid")
-    return Caller(user_id=owner.user, roles=frozenset(owner.roles))
+    return Caller(user_id=owner.user, roles=owner.roles, labeler_ids=owner.labeler_ids)
 
 
 Authenticated = Annotated[Caller | None, Depends(authenticate)]
@@ -195,7 +217,7 @@ async def readyz(gateway: GatewayDep) -> dict:
     if not gateway.pool.ready:
         raise GatewayError(503, "not_ready", str(gateway.pool.unavailable()))
     engines = [{"url": e.url, "up": e.up, "error": e.last_error} for e in gateway.pool.engines]
-    body: dict = {"status": "ready", "engines": engines}
+    body: dict = {"status": "ready", "replica": gateway.replica, "engines": engines}
     if gateway.adapters is not None:
         body["adapters"] = {"last_event": gateway.adapters.last_event, "last_error": gateway.adapters.last_error,
                             "caught_up": gateway.adapters.caught_up.is_set()}
@@ -204,7 +226,7 @@ async def readyz(gateway: GatewayDep) -> dict:
 
 @router.get("/metrics")
 async def prometheus_metrics() -> PlainTextResponse:
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -236,6 +258,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     install_pages(app, gateway.settings)
     if gateway.settings.admin_key is not None:
         app.include_router(admin.router)
+    # Outermost last: size limit and metrics, then the per-caller limits, then the body deadline.
+    app.add_middleware(BodyDeadline, body_timeout_s=gateway.limits.body_timeout_s, route_of=_route)
+    app.add_middleware(CallerLimits, settings=gateway.limits, route_of=_route,
+                       user_of_key=lambda key: owner.user if (owner := owner_of(gateway, key)) else None)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=gateway.settings.max_body_bytes)
 
     @app.exception_handler(GatewayError)
@@ -250,12 +276,27 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def on_invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error(request, 400, "invalid_request", _describe(error))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals: an unknown route or method, and a body it could not parse at
+        # all (json_invalid is a RequestValidationError; JSON nested past Python's recursion
+        # limit is this, with the RecursionError as its cause).
+        if isinstance(error.__cause__, RecursionError):
+            return _error(request, 400, "invalid_request",
+                          "malformed JSON: nested too deeply to parse; send plain objects and arrays")
+        reason = _HTTP_REASONS.get(error.status_code, "invalid_request")
+        return _error(request, error.status_code, reason, str(error.detail))
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         return _error(request, 500, "internal_error", "internal error; it was logged")
 
     return app
+
+
+_HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
+"""The ``reason`` label of FastAPI's own 4xx refusals (`on_http_error`)."""
 
 
 def _error(request: Request, status: int, reason: str, detail: str) -> JSONResponse:
@@ -321,6 +362,9 @@ class BodyLimitAndMetrics:
                 status = message["status"]
             await send(message)
 
+        chat = route == "/v1/chat/completions"
+        if chat:
+            metrics.CHAT_IN_FLIGHT.inc()
         try:
             if declared.isdigit() and int(declared) > self._max:
                 raise _BodyTooLarge
@@ -335,5 +379,7 @@ class BodyLimitAndMetrics:
             )
             await response(scope, receive, send)
         finally:
+            if chat:
+                metrics.CHAT_IN_FLIGHT.dec()
             metrics.HTTP_REQUESTS.labels(route=route, method=scope["method"], status=str(status)).inc()
             metrics.HTTP_LATENCY.labels(route=route).observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ Logging: one ``CompletionEvent`` per choice goes to the outbox after the respons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -35,9 +36,12 @@ from serving.completion_ids import CompletionClaim, CompletionIdSigner, prompt_h
 from serving.config import GatewaySettings
 from serving.engines import ENGINE_ERRORS, Engine, EnginePool
 from serving.errors import GatewayError
-from serving.protocol import ChatCompletionRequest
+from serving.limits.caps import check_caps
+from serving.limits.config import LimitSettings
+from serving.protocol import NOT_SERVED, ChatCompletionRequest
 from serving.routing import AdapterRouter, Route
-from streams.codec import COMPLETIONS
+from streams import metrics as stream_metrics
+from streams.codec import COMPLETIONS, EventError
 from streams.events import ChatMessage, CompletionEvent, SamplingParams
 from streams.outbox import Outbox
 
@@ -50,6 +54,8 @@ class Caller:
 
     user_id: str
     roles: frozenset[str] = frozenset()
+    labeler_ids: frozenset[str] = frozenset()
+    """Labeler ids a labeler may rank as, besides ``user_id``."""
 
 
 @dataclass
@@ -137,13 +143,21 @@ class ChatService:
         router: AdapterRouter,
         signer: CompletionIdSigner,
         outbox: Outbox,
+        limits: LimitSettings | None = None,
     ) -> None:
         self._settings = settings
+        self._limits = limits or LimitSettings()
         self._pool = pool
         self._router = router
         self._signer = signer
         self._outbox = outbox
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
+        # A stream is timed by the engine's silence, not by its length: under a total deadline
+        # a stream that a client reads slowly outlives it, and the healthy engine was marked
+        # down. sock_read also stops while the client's pace has paused reading.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.request_timeout_s, sock_read=settings.request_timeout_s
+        )
 
     async def complete(self, request: ChatCompletionRequest, caller: Caller) -> Response:
         """Answer ``request`` for ``caller``: JSON, or an SSE stream if it asked for one.
@@ -183,9 +197,12 @@ class ChatService:
                 400, "max_tokens_too_large",
                 f"max_tokens={request.token_limit} exceeds the limit of {settings.max_tokens}",
             )
+        check_caps(request, self._limits, max_tokens=request.token_limit or settings.max_tokens)
 
     def _engine_body(self, request: ChatCompletionRequest, route: Route) -> dict:
-        body = request.model_dump(exclude_unset=True, exclude={"max_completion_tokens"})
+        body = request.model_dump(
+            exclude_unset=True, exclude={"max_completion_tokens", *NOT_SERVED}, by_alias=True
+        )
         body["model"] = route.engine_model
         body["max_tokens"] = request.token_limit or self._settings.max_tokens
         body["return_token_ids"] = True
@@ -222,7 +239,7 @@ class ChatService:
         engine = await resources.enter_async_context(self._pool.lease())
         try:
             upstream = await self._pool.session.post(
-                f"{engine.url}/v1/chat/completions", json=body, timeout=self._timeout
+                f"{engine.url}/v1/chat/completions", json=body, timeout=self._stream_timeout
             )
         except ENGINE_ERRORS as error:
             await resources.aclose()
@@ -318,10 +335,21 @@ class ChatService:
         metrics.TOKENS.labels(direction="out").inc(completion_tokens)
 
     async def _log(self, events: list[CompletionEvent]) -> None:
-        try:
-            await self._outbox.put_many_async([(COMPLETIONS, event.prompt_id, event) for event in events])
-        except Exception:  # noqa: BLE001 - a logging failure must not fail a served response
-            log.exception("could not log %d completion events to the outbox", len(events))
+        """Put each choice's event in the outbox (one group commit). A choice that cannot be
+        logged (too large, say) leaves the others logged, and is counted in
+        ``hhh_events_rejected_total{topic="completions"}``, which the HhhEventsRejected alert
+        watches: the served response cannot be taken back, but the loss is never silent."""
+        outcomes = await asyncio.gather(
+            *(self._outbox.put_many_async([(COMPLETIONS, event.prompt_id, event)]) for event in events),
+            return_exceptions=True,
+        )
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome is None:
+                continue
+            if not isinstance(outcome, EventError):  # the outbox counts the events it refuses
+                stream_metrics.EVENTS_REJECTED.labels(topic=COMPLETIONS, reason="outbox_error").inc()
+            log.error("completion %s is not logged (%s: %s); it is lost to training",
+                      event.completion_id, type(outcome).__name__, outcome)
 
 
 def _engine_refusal(status: int, document: bytes) -> GatewayError:

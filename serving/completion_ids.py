@@ -5,6 +5,10 @@ user who received the completion, the prompt hash, the request, the choice index
 adapter that generated it; the tag is HMAC-SHA256 over the payload with the replicas' shared
 signing key, truncated to 128 bits. A forged or altered id fails the tag check; a valid id
 proves who received which completion of which prompt, so feedback is validated locally.
+
+Decoding is canonical: base64 that is not exactly what ``sign`` writes (padding, other unused
+bits, the standard alphabet) is refused, so each completion has one id, never several spellings
+that would count as different completions.
 """
 
 from __future__ import annotations
@@ -86,7 +90,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """The bytes of unpadded URL-safe base64 ``text``; `ValueError` unless it is the canonical
+    spelling (the one `_b64` writes) of those bytes."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as error:
         raise ValueError(f"not base64: {error}") from error
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64 of its bytes")
+    return data

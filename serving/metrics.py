@@ -1,12 +1,24 @@
 """Prometheus metrics of the gateway (process default registry, served at ``/metrics``).
 
+With gateway workers (``HHH_GATEWAY_WORKERS`` > 1) every worker is started with
+``PROMETHEUS_MULTIPROC_DIR`` (a folder private to one `hhh serve`), so each writes its values to
+files there, and ``/metrics`` on the one port, whichever worker answers, reports all of them
+(`exposition`): counters and histograms summed over every worker that ran since the start (a
+restarted worker's counts stay in: rates never dip), gauges as their ``multiprocess_mode`` says,
+over the workers alive. Without the variable the process's own registry is served, as before.
+
 Thumbs-up ratio per adapter version, as one PromQL expression:
 
     sum by (adapter) (rate(hhh_feedback_total{kind="thumbs", vote="up"}[1h]))
       / sum by (adapter) (rate(hhh_feedback_total{kind="thumbs"}[1h]))
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from streams.events import AdapterRef
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -30,17 +42,29 @@ CHAT_LATENCY = Histogram(
     "hhh_chat_latency_seconds", "Chat: request received to last token.", ["adapter_scope"],
     buckets=_LATENCY_BUCKETS,
 )
+CHAT_IN_FLIGHT = Gauge(
+    "hhh_chat_requests_in_flight",
+    "Chat completion requests received and not yet fully answered (streams until their last "
+    "chunk). A co-located trainer pauses while it is high (HHH_TRAINER_YIELD_ABOVE_CHATS).",
+    multiprocess_mode="livesum",
+)
 TOKENS = Counter("hhh_chat_tokens_total", "Tokens in prompts and completions.", ["direction"])
 FEEDBACK = Counter(
     "hhh_feedback_total",
     "Accepted feedback. vote: up/down for thumbs, 'ranking' for rankings; adapter: what "
-    "served the rated (for rankings: the best-ranked) completion, e.g. global@3 or base.",
+    "served the rated (for rankings: the best-ranked) completion: base, global@<version>, or "
+    "user for every personal adapter (one label value per user would grow without bound).",
     ["kind", "criterion", "vote", "adapter"],
 )
-ENGINE_UP = Gauge("hhh_engine_up", "1 while the engine answers health checks.", ["engine"])
+ENGINE_UP = Gauge(
+    "hhh_engine_up", "1 while the engine answers health checks (of every worker).", ["engine"],
+    multiprocess_mode="livemin",
+)
 
 ADAPTER_LIVE_VERSION = Gauge(
-    "hhh_adapter_live_version", "Adapter version this replica serves, per scope (0: none).", ["scope"]
+    "hhh_adapter_live_version",
+    "Adapter version this replica serves, per scope (0: none); with workers, the lowest of theirs.",
+    ["scope"], multiprocess_mode="livemin",
 )
 ADAPTER_SWAPS = Counter(
     "hhh_adapter_swaps_total", "Adapter versions switched live, by scope kind (global/user).",
@@ -56,5 +80,22 @@ ADAPTER_REFUSED = Counter(
     ["reason"],
 )
 ADAPTERS_LOADED = Gauge(
-    "hhh_adapters_loaded", "Adapters this replica has loaded into each engine.", ["engine"]
+    "hhh_adapters_loaded", "Adapters this replica (all its workers) has loaded into each engine.",
+    ["engine"], multiprocess_mode="livesum",
 )
+
+
+def exposition() -> bytes:
+    """The text ``/metrics`` serves: every worker's values where ``PROMETHEUS_MULTIPROC_DIR`` is
+    set, else this process's registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
+
+
+def feedback_adapter_label(adapter: AdapterRef) -> str:
+    """The ``adapter`` label of `FEEDBACK`: ``base``, ``global@<version>``, or ``user`` for any
+    personal adapter, so that the label's values stay as few as the global versions."""
+    return "user" if adapter.scope.startswith("user:") else adapter.label

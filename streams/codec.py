@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from common.errors import UserError
 from streams.events import (
@@ -64,6 +65,12 @@ class WrongEventTypeError(EventError):
     reason = "wrong_event_type"
 
 
+class UnencodableEventError(EventError):
+    """An event holding text that UTF-8 cannot encode (a lone surrogate)."""
+
+    reason = "unencodable"
+
+
 class EventTooLargeError(EventError):
     """An event whose encoding exceeds ``MAX_EVENT_BYTES``."""
 
@@ -96,7 +103,8 @@ def check_topic(topic: str) -> None:
 
 
 def encode(topic: str, event: Event) -> bytes:
-    """Serialise ``event`` for ``topic``, refusing a wrong type or an oversized event."""
+    """Serialise ``event`` for ``topic``, refusing a wrong type, text UTF-8 cannot encode or an
+    oversized event (an ``EventError`` whose ``reason`` says which)."""
     check_topic(topic)
     schema = TOPIC_SCHEMAS[topic]
     try:
@@ -105,7 +113,12 @@ def encode(topic: str, event: Event) -> bytes:
         raise WrongEventTypeError(
             f"topic {topic!r} does not carry {type(event).__name__}: {error.errors()[0]['msg']}"
         ) from error
-    payload = event.model_dump_json().encode("utf-8")
+    try:
+        payload = event.model_dump_json().encode("utf-8")
+    except PydanticSerializationError as error:
+        raise UnencodableEventError(
+            f"{type(event).__name__} {event.event_id} cannot be encoded: {error}"
+        ) from error
     if len(payload) > MAX_EVENT_BYTES:
         raise EventTooLargeError(
             f"{type(event).__name__} {event.event_id} encodes to {len(payload):,} bytes; "

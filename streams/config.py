@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -9,10 +10,33 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.files import PRIVATE_DIR_MODE
+
+log = logging.getLogger(__name__)
+
 
 def hhh_home() -> Path:
     """The folder for hhh's local state: ``$HHH_HOME``, else ``.hhh`` in the working folder."""
     return Path(os.environ.get("HHH_HOME", ".hhh"))
+
+
+def private_hhh_home() -> Path:
+    """``hhh_home()``, created 0700 or tightened to 0700: it holds every user's prompts (event
+    log, outbox, dataset) and the keys, which no other account on the machine may read.
+
+    A home this process does not own (a volume's mount point, say) cannot be tightened: that is
+    logged as a warning, and its files are still created 0600.
+    """
+    home = hhh_home()
+    home.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    if home.stat().st_mode & 0o077:
+        try:
+            home.chmod(PRIVATE_DIR_MODE)
+        except PermissionError:
+            log.warning("HHH_HOME %s is open to other accounts and not ours to change (mode %o); "
+                        "its files are private (0600), but restrict the folder", home,
+                        home.stat().st_mode & 0o777)
+    return home
 
 
 class KafkaSettings(BaseSettings):

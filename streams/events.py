@@ -14,21 +14,42 @@ dead-letters    DeadLetterEvent             source topic
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    field_validator,
+    model_validator,
+)
+
+from common.errors import UserError
+from streams.user_ids import UserId, check_user_id
 
 SCHEMA_VERSION = 1
 """The schema version this build writes and reads."""
 
-SCOPE_PATTERN = re.compile(r"^(global|user:[A-Za-z0-9._@-]{1,128})$")
-"""An adapter scope: the global adapter, or one user's own adapter."""
-
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` if it is an adapter scope: ``global``, or ``user:<id>`` with a valid user id
+    (`streams.user_ids`); a `UserError` that says what is wrong otherwise."""
+    if scope != "global" and not scope.startswith("user:"):
+        raise UserError(f"scope {scope[:80]!r} is not 'global' or 'user:<id>'")
+    if scope != "global":
+        check_user_id(scope.removeprefix("user:"))
+    return scope
+
+
+Scope = Annotated[str, AfterValidator(check_scope)]
+"""An adapter scope: the global adapter, or one user's own adapter."""
 
 
 def new_event_id() -> str:
@@ -88,15 +109,17 @@ class AdapterRef(BaseModel):
         if self.scope == "base":
             if self.version is not None:
                 raise ValueError(f"the base model has no version, got version={self.version}")
-        elif not SCOPE_PATTERN.match(self.scope):
-            raise ValueError(f"scope {self.scope!r} is not 'base', 'global' or 'user:<id>'")
-        elif self.version is None:
+        elif self.scope != "global" and not self.scope.startswith("user:"):
+            raise ValueError(f"scope {self.scope[:80]!r} is not 'base', 'global' or 'user:<id>'")
+        else:
+            check_scope(self.scope)
+        if self.scope != "base" and self.version is None:
             raise ValueError(f"adapter scope {self.scope!r} needs a version")
         return self
 
     @property
     def label(self) -> str:
-        """``base``, ``global@3`` or ``user:ann@2``: for headers, logs and metric labels."""
+        """``base``, ``global@3`` or ``user:ann@2``: for headers and logs (metrics: `serving.metrics`)."""
         return self.scope if self.version is None else f"{self.scope}@{self.version}"
 
 
@@ -107,7 +130,7 @@ class CompletionEvent(Event):
     completion_id: Id = Field(description="The id the caller rates this choice by.")
     request_id: Id = Field(description="The chat request; shared by the n choices of one request.")
     prompt_id: Id = Field(description="Hash of the messages; equal prompts share it.")
-    user_id: Id
+    user_id: UserId
     messages: list[ChatMessage] = Field(min_length=1)
     completion: str
     choice_index: int = Field(ge=0)
@@ -134,7 +157,7 @@ class ThumbsFeedback(Event):
 
     type: Literal["thumbs"] = "thumbs"
     completion_id: Id
-    user_id: Id
+    user_id: UserId
     vote: Literal["up", "down"]
     comment: str | None = Field(default=None, max_length=4000)
     criterion: Criterion = "helpfulness"
@@ -150,8 +173,8 @@ class RankingFeedback(Event):
 
     type: Literal["ranking"] = "ranking"
     prompt_id: Id
-    user_id: Id = Field(description="Who submitted the ranking.")
-    labeler_id: Id = Field(description="Whose judgement it is (the user, or a labeler).")
+    user_id: UserId = Field(description="Who submitted the ranking.")
+    labeler_id: UserId = Field(description="Whose judgement it is (the user, or a labeler).")
     criterion: Criterion = "helpfulness"
     ranking: list[list[Id]] = Field(min_length=1)
     unusable: list[Id] = Field(default_factory=list)
@@ -185,20 +208,13 @@ class AdapterPublishedEvent(Event):
     """A new adapter version is in the adapter store and may be served."""
 
     type: Literal["adapter"] = "adapter"
-    scope: str
+    scope: Scope
     version: int = Field(ge=1)
     path: str = Field(min_length=1, description="Folder of the adapter in the adapter store.")
     sha256: Sha256 = Field(description="Checksum of the adapter's manifest.")
     parent_version: int | None = Field(default=None, ge=1)
     base_model: str = Field(min_length=1)
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("scope")
-    @classmethod
-    def _valid_scope(cls, scope: str) -> str:
-        if not SCOPE_PATTERN.match(scope):
-            raise ValueError(f"scope {scope!r} is not 'global' or 'user:<id>'")
-        return scope
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
 
 
 class DeadLetterEvent(Event):

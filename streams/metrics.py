@@ -1,4 +1,5 @@
-"""Prometheus metrics of the event log and the outbox (one registry: the process default)."""
+"""Prometheus metrics of the event log and the outbox (one registry: the process default; with
+gateway workers, prometheus_client's multiprocess files: see `serving.metrics`)."""
 
 from prometheus_client import Counter, Gauge
 
@@ -10,7 +11,8 @@ EVENTS_CONSUMED = Counter(
 )
 EVENTS_REJECTED = Counter(
     "hhh_events_rejected_total",
-    "Events refused at publish time (unknown topic, wrong type, too large).",
+    "Events refused at publish time (unknown topic, wrong type, unencodable, too large): "
+    "they are not in the event log.",
     ["topic", "reason"],
 )
 EVENTS_DEAD_LETTERED = Counter(
@@ -30,7 +32,9 @@ EVENTS_SKIPPED = Counter(
     ["topic", "reason"],
 )
 
-OUTBOX_DEPTH = Gauge("hhh_outbox_depth", "Events in the outbox not yet delivered.", ["outbox"])
+OUTBOX_DEPTH = Gauge(
+    "hhh_outbox_depth", "Events in the outbox not yet delivered.", ["outbox"], multiprocess_mode="livesum"
+)
 OUTBOX_DELIVERED = Counter(
     "hhh_outbox_delivered_total", "Events delivered from the outbox to the event log.", ["outbox"]
 )

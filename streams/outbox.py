@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kafka.errors import MessageSizeTooLargeError
 
+from common.files import private_file
 from streams import metrics
 from streams.codec import EventError, encode
 from streams.events import Event
@@ -67,7 +68,7 @@ class Outbox:
         process crash, which is what a gateway restart needs.
         """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # every user's prompts: owner only
         self.name = name
         self._connection = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False

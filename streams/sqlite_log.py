@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
 
+from common.files import private_file
 from streams.codec import COMPACTED_TOPICS, TOPIC_SCHEMAS, check_topic
 from streams.log import EventConsumer, EventLog, RawRecord
 
@@ -84,7 +85,7 @@ class SqliteEventLog(EventLog):
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # every user's prompts: owner only
         self.partitions = partitions
         self.session_timeout_s = session_timeout_s
         self.durable_sync = durable_sync

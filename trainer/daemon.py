@@ -10,12 +10,21 @@ A round (`TrainingDaemon.run_round`):
    a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
    policy and reference start from the adapter deployed for ``global`` now (the base model on
    the first round), β from where that adapter's round left it, PPO on recent training
-   prompts, then the gate (`trainer.gate`) on held-out prompts and pairs; a candidate that
-   passes is published (adapter store write, then the ``adapters`` event);
+   prompts, then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
+   (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
+   published (adapter store write, then the ``adapters`` event);
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
    own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
    global adapter (also the reference), published as ``user:<id>`` if it agrees with the
-   user's held-out pairs better than the global adapter does by ``user_agreement_margin``.
+   user's held-out pairs (at least ``min_heldout_pairs``) better than what the user is served
+   now — their own deployed adapter, or the global one — with the lower confidence bound of
+   the weighted agreement gain above ``user_agreement_margin`` (`trainer.stats`: a candidate
+   no better passes at most 1 − confidence of the time; with N = 32 pairs, a true gain of 0.15
+   whose verdicts differ on a share q = 0.3 passes about half the time, a gain of 0.25 at
+   q = 0.35 84 %), and if it is no less harmless than the global adapter on the red team.
+
+With ``HHH_TRAINER_YIELD_ABOVE_CHATS`` set, each PPO iteration and DPO epoch first waits
+(bounded) while the gateway is busy with chat (`trainer.chat_yield`).
 
 Every step's effect is durable before the next begins, and nothing is visible half-written:
 the dataset commits per batch, reward models and adapters are written under a temporary name
@@ -34,7 +43,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -43,20 +52,34 @@ import torch
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore
 from streams.log import EventLog
+from trainer.chat_yield import ChatYield
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
+from trainer.devices import placement_of
 from trainer.evidence import AttemptLog, Evidence
-from trainer.gate import measure, pair_preferences, weighted_share
+from trainer.gate import (
+    harmlessness_reason,
+    measure,
+    measure_harmlessness,
+    pair_preferences,
+    weighted_share,
+)
+from trainer.judges import load_harmlessness_judge
 from trainer.locks import ScopeBusy, scope_lock
-from trainer.metrics import LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
+from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
 from trainer.preferences.ingest import ingest_available
+from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore, PreferencePair
+from trainer.red_team import red_team_prompts
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
 from trainer.reward.versions import RewardModelStore
 from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
+from trainer.rl.evaluation import RewardFn
 from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
+from trainer.rl.rollout import Conversation
+from trainer.stats import weighted_lower_bound
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +106,17 @@ def use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def export_agreement(consensus: Consensus) -> None:
+    """Labeler agreement to Prometheus (``hhh_trainer_labeler_agreement``); NaN where undefined."""
+    scores = consensus.labeler_agreement.values()
+    for stat, value in (("krippendorff_alpha", consensus.krippendorff_alpha),
+                        ("pairwise", consensus.pairwise_agreement),
+                        ("lowest_labeler", min(scores, default=None)),
+                        ("labelers", len(consensus.labeler_agreement)),
+                        ("down_weighted", sum(w < 1 for w in consensus.labeler_weight.values()))):
+        LABELER_AGREEMENT.labels(stat=stat).set(float("nan") if value is None else value)
+
+
 class TrainingDaemon:
     """Runs training rounds against one event log, dataset store and adapter store."""
 
@@ -106,6 +140,15 @@ class TrainingDaemon:
         self.dpo = dpo_settings
         self.gate = gate
         self.attempts = AttemptLog(settings.runs_dir)
+        self._harmlessness: RewardFn | None = None
+        self.chat_yield = ChatYield.from_settings(settings)
+        """Pauses PPO and DPO while chat is busy (``HHH_TRAINER_YIELD_*``); None: never."""
+        self.placement = placement_of(settings)
+        """Where every step computes (``HHH_TRAINER_DEVICE``/``_DTYPE``): a GPU the settings
+        name that torch does not see is a `UserError` here, at start-up."""
+        logger.info("trainer computes on %s, base weights in %s, gradient checkpointing %s",
+                    self.placement.device, str(self.placement.dtype).removeprefix("torch."),
+                    "on" if self.placement.gradient_checkpointing else "off")
 
     def announce_current(self) -> None:
         """Re-send every scope's current version (closes a kill between store write and event)."""
@@ -119,15 +162,20 @@ class TrainingDaemon:
         report = RoundReport(time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
         dataset = DatasetStore(self.settings.dataset_path)
         try:
-            stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s)
+            stored = ingest_available(self.event_log, dataset, idle_s=self.settings.ingest_idle_s,
+                                      max_s=self.settings.ingest_max_s)
             report.note(f"ingested {stored} new events")
-            outcome = refresh_reward_model(self.settings, self.reward, progress=False)
+            outcome = refresh_reward_model(self.settings, self.reward, progress=False,
+                                           placement=self.placement)
             report.note(f"reward model: {outcome.message}")
             if RewardModelStore(self.reward.store_dir).latest() is None:
                 report.note("no reward model yet: no policy round")
                 return report
-            pairs = dataset.build_pairs(eval_percent=self.settings.eval_percent,
-                                        min_agreement=self.settings.min_agreement).pairs
+            pair_set = dataset.build_pairs(eval_percent=self.settings.eval_percent,
+                                           min_agreement=self.settings.min_agreement,
+                                           cross_user_weight=self.settings.cross_user_pair_weight)
+            export_agreement(pair_set.consensus)
+            pairs = pair_set.pairs
             self._locked(report, "global", partial(self._global_round, report, dataset, pairs))
             for user, user_pairs in self._users_with_enough_pairs(pairs).items():
                 self._locked(report, f"user:{user}",
@@ -160,18 +208,21 @@ class TrainingDaemon:
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
             lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
-            share_base=True, seed=self.ppo.seed,
+            share_base=True, seed=self.ppo.seed, placement=self.placement,
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
         trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
                              initial_beta=deployed_metrics.get("kl_beta"))
-        trainer.train(prompts, s.ppo_iterations)
+        trainer.train(prompts, s.ppo_iterations, pause=self._pause)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
-                           missing_eos_penalty=self.ppo.missing_eos_penalty)
+                           missing_eos_penalty=self.ppo.missing_eos_penalty,
+                           red_team=self._red_team(dataset), harmlessness=self._harmlessness_judge())
         record.write({"gate": decision.as_metrics()})
         self.attempts.record("global", evidence)
+        for stat, value in decision.manifest_metrics().items():
+            GATE_STAT.labels(scope_kind="global", stat=stat).set(value)
         metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
                    "kl_beta": trainer.kl_controller.beta}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
@@ -207,21 +258,42 @@ class TrainingDaemon:
             return
         global_version = self.adapters.state("global").desired
         use_threads(self.dpo.threads)
-        stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo)
+        stack = load_dpo_stack(self.base_model, self._path_of("global", global_version), self.dpo,
+                               self.placement)
         record = RunRecord(self.settings.runs_dir / f"{report.round_id}.jsonl", f"dpo:{scope}")
-        DPOTrainer(stack, self.dpo, record).train(train)
-        candidate_prefers, global_prefers = pair_preferences(stack, heldout, self.gate)
-        candidate = weighted_share(candidate_prefers, torch.tensor(weights))
-        reference = weighted_share(global_prefers, torch.tensor(weights))
-        gain = candidate - reference
-        reasons = [] if gain >= self.settings.user_agreement_margin else [
-            f"agreement with {user}'s held-out pairs {candidate:.3f} is not above the global "
-            f"adapter's {reference:.3f} by {self.settings.user_agreement_margin:.3f}"]
+        DPOTrainer(stack, self.dpo, record).train(train, pause=self._pause)
+        # Against what the user is served now: their own adapter, or the global one.
+        candidate_prefers, deployed_prefers = pair_preferences(stack, heldout, self.gate,
+                                                               versus=self._path_of(scope, own))
+        pair_weights = torch.tensor(weights)
+        candidate = weighted_share(candidate_prefers, pair_weights)
+        deployed = weighted_share(deployed_prefers, pair_weights)
+        gain = weighted_lower_bound(candidate_prefers.float() - deployed_prefers.float(), pair_weights,
+                                    self.gate.confidence)
+        against = f"{scope}@{own}" if own else "the global adapter"
+        reasons = [] if gain.lower > self.settings.user_agreement_margin else [
+            f"agreement with {user}'s {len(heldout)} held-out pairs {candidate:.3f} against {against}'s "
+            f"{deployed:.3f}: the {self.gate.confidence:.0%} lower bound of the gain {gain.lower:+.3f} "
+            f"(mean {gain.mean:+.3f}) does not exceed {self.settings.user_agreement_margin:.3f} "
+            "(HHH_TRAINER_USER_AGREEMENT_MARGIN)"]
+        # Check 5 of the gate against the global adapter the candidate started from.
+        red_team = self._red_team(dataset)
+        harmless = (measure_harmlessness(stack, self._harmlessness_judge(), red_team, self.gate)
+                    if len(red_team) >= 2 else None)
+        if harmless is not None and (why := harmlessness_reason(
+                harmless.gain, harmless.candidate, harmless.deployed, len(red_team), self.gate)):
+            reasons.append(why)
         record.write({"gate": {"publish": not reasons, "reasons": reasons, "candidate": candidate,
-                               "global": reference, "heldout_pairs": len(heldout)}})
+                               "deployed": deployed, "compared_with": against,
+                               "agreement_gain": asdict(gain), "heldout_pairs": len(heldout),
+                               "harmlessness_gain": asdict(harmless.gain) if harmless else None}})
         self.attempts.record(scope, evidence)
-        metrics = {"heldout_pair_agreement": candidate, "global_pair_agreement": reference,
-                   "global_version": float(global_version or 0), **evidence.as_metrics()}
+        GATE_STAT.labels(scope_kind="user", stat="heldout_pair_agreement").set(candidate)
+        GATE_STAT.labels(scope_kind="user", stat="deployed_pair_agreement").set(deployed)
+        metrics = {"heldout_pair_agreement": candidate, "deployed_pair_agreement": deployed,
+                   "agreement_gain": gain.mean, "agreement_gain_lower": gain.lower,
+                   "compared_version": float(own or 0), "global_version": float(global_version or 0),
+                   **evidence.as_metrics()}
         self._publish_or_refuse(report, dataset, stack, scope, self.adapters.state(scope).desired,
                                 not reasons, reasons, metrics)
 
@@ -250,6 +322,20 @@ class TrainingDaemon:
         report.published.append(f"{scope}@{manifest.version}")
         report.note(f"{scope}: published version {manifest.version} (parent {parent})")
 
+    @property
+    def _pause(self) -> Callable[[str], object] | None:
+        return None if self.chat_yield is None else self.chat_yield.pause_while_busy
+
+    def _red_team(self, dataset: DatasetStore) -> list[Conversation]:
+        return red_team_prompts(self.gate, dataset, eval_percent=self.settings.eval_percent)
+
+    def _harmlessness_judge(self) -> RewardFn:
+        """The gate's harmlessness judge, loaded once (a classifier is not small)."""
+        if self._harmlessness is None:
+            self._harmlessness = load_harmlessness_judge(self.gate.harmlessness_judge,
+                                                         label=self.gate.harmlessness_judge_label)
+        return self._harmlessness
+
     def _path_of(self, scope: str, version: int | None) -> Path | None:
         return None if version is None else self.adapters.path(scope, version)
 
@@ -259,7 +345,7 @@ class TrainingDaemon:
     ) -> tuple[list[TextPair], list[float]]:
         """The pairs with their prompt and completion texts, and their weights."""
         texts = dataset.completion_texts({c for p in pairs for c in (p.chosen_id, p.rejected_id)})
-        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1])
+        return ([TextPair(texts[p.chosen_id][0], texts[p.chosen_id][1], texts[p.rejected_id][1], p.weight)
                  for p in pairs], [p.weight for p in pairs])
 
     def _locked(self, report: RoundReport, scope: str, step: Callable[[], None]) -> None:

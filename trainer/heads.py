@@ -16,7 +16,7 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 
 def save_value_head(head: nn.Linear, folder: Path) -> None:
     """Write ``head``'s weights to ``folder/value_head.safetensors``."""
-    state = {name: tensor.detach().contiguous() for name, tensor in head.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in head.state_dict().items()}
     save_file(state, str(Path(folder) / VALUE_HEAD_FILE))
 
 

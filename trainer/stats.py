@@ -9,6 +9,8 @@ the time at c = 95 %.
   candidate minus deployed, each averaged over that prompt's samples) with Student's t,
   L = D̄ − t_{c, m−1} · s_D / √m, s_D the sample standard deviation. Pairing by prompt removes
   the prompts' own spread (an easy prompt scores high for both), which is most of the variance.
+- `mean_interval`: a two-sided interval for reports (`hhh eval`), D̄ ± t_{(1+c)/2, m−1} · s/√m:
+  the true mean lies below it, and above it, each with probability (1 − c)/2.
 - `weighted_lower_bound`: the weighted mean of N differences with weights w (pair weights from
   labeler consensus), normal approximation with the effective sample size n_eff = (Σw)² / Σw²:
   L = d̄_w − z_c · √(Var_w(d) / n_eff).
@@ -86,6 +88,32 @@ def paired_lower_bound(differences: torch.Tensor, confidence: float) -> MeanBoun
     se = sd / math.sqrt(m)
     lower = mean - student_t_quantile(confidence, m - 1) * se
     return MeanBound(mean, se, lower, confidence, float(m))
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean with its two-sided confidence interval."""
+
+    mean: float
+    lower: float
+    upper: float
+    confidence: float
+    n: int
+
+    def excludes_zero(self) -> bool:
+        """Is the mean's sign established at this level (0 outside the interval)?"""
+        return self.lower > 0 or self.upper < 0
+
+
+def mean_interval(values: torch.Tensor, confidence: float) -> MeanInterval:
+    """Two-sided Student-t interval of the mean of (m,) values, m ≥ 2 (module docstring)."""
+    m = values.numel()
+    if m < 2:
+        raise ValueError(f"an interval needs at least 2 values, got {m}")
+    v = values.double()
+    mean = v.mean().item()
+    half = student_t_quantile((1 + confidence) / 2, m - 1) * v.std().item() / math.sqrt(m)
+    return MeanInterval(mean, mean - half, mean + half, confidence, m)
 
 
 def weighted_lower_bound(differences: torch.Tensor, weights: torch.Tensor, confidence: float) -> MeanBound:

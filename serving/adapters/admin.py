@@ -21,13 +21,13 @@ from serving.adapters.controller import HotSwapController
 from serving.adapters.publish import announce
 from serving.adapters.store import AdapterRefused, Manifest
 from serving.errors import GatewayError
-from streams.events import SCOPE_PATTERN
+from streams.events import Scope
 
 
 class ScopeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scope: str = Field(pattern=SCOPE_PATTERN.pattern, description="'global' or 'user:<id>'.")
+    scope: Scope = Field(description="'global' or 'user:<id>'.")
 
 
 class RollbackRequest(ScopeRequest):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from common.errors import UserError
@@ -77,6 +78,9 @@ def _publish(args: argparse.Namespace) -> int:
             metrics[name] = float(value)
         except ValueError:
             raise UserError(f"--metric {item!r} must be NAME=NUMBER") from None
+        if not math.isfinite(metrics[name]):
+            raise UserError(f"--metric {item!r} must be a finite number, not nan or infinity: "
+                            "every replica would refuse the announcement; leave the metric out")
     base_model = args.base_model or AdapterSettings().base_model_dir or _base_of(args.source)
     try:
         manifest = _store().publish(args.source, args.scope, base_model=base_model,

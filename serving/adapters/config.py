@@ -52,6 +52,11 @@ class AdapterSettings(BaseSettings):
     poll_timeout_s: float = Field(
         default=0.5, gt=0, description="Wait per poll of the adapters topic (bounds stop latency)."
     )
+    restore_interval_s: float = Field(
+        default=5.0, gt=0,
+        description="How often the controller checks that every engine still holds the live adapters "
+        "and reloads those an engine lost (a restarted engine starts with none).",
+    )
 
     def replica(self, port: int) -> str:
         """This replica's name: ``replica_id``, else ``<hostname>-<port>``."""

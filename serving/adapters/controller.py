@@ -5,7 +5,10 @@ so every replica sees every event) from the beginning on every start, and per po
 the last event per scope: on start that is the latest announced version of each scope (the
 topic is compacted by scope), later it is the newest change. Applying an event is idempotent
 (a version that is already live is left alone), so at-least-once delivery is enough; offsets
-are committed after the batch is applied.
+are committed after the batch is applied, and after a poll that met only undecodable messages:
+that commit is what writes their dead letters (``EventConsumer.commit`` flushes them first),
+so a poison message on the topic is in ``dead-letters`` at once, not whenever the next good
+event arrives. (Re-reading from the beginning, every start of a replica dead-letters it again.)
 
 For the version to serve (the scope's pin in the store wins over the event's version):
 verify the manifest checksum, every file's sha256, the base model's config hash, the rank
@@ -24,7 +27,11 @@ then it goes to the base model itself, which is faster on CPU (no LoRA kernels).
 
 Per-replica adapter names: replicas that share an engine each load their own copy, so one
 replica never unloads a version another still routes to. A restarted replica (same
-``replica_id``) finds its adapters already loaded, and unloads those no longer live.
+``replica_id``) finds its adapters already loaded, and unloads those no longer live. A
+restarted *engine* holds none: every ``restore_interval_s`` the controller lists what each
+engine that is up serves and loads again (verified, under the scope's lock) the live versions
+and the null adapter it lost, so requests routed to them do not fail for good after an engine
+restart (`restore_lost_adapters`).
 """
 
 from __future__ import annotations
@@ -99,6 +106,7 @@ class HotSwapController:
         self.last_error: str | None = None
         """The last failure while applying an event (the event and why), for /readyz."""
         self._task: asyncio.Task[None] | None = None
+        self._next_restore = 0.0
 
     def start(self) -> None:
         """Follow the topic in the background."""
@@ -137,25 +145,32 @@ class HotSwapController:
                 await asyncio.sleep(self.settings.poll_timeout_s)
             while True:
                 try:
-                    records = await asyncio.to_thread(consumer.poll, 500, self.settings.poll_timeout_s)
+                    batch = await asyncio.to_thread(consumer.poll_batch, 500, self.settings.poll_timeout_s)
                 except Exception:  # noqa: BLE001 - a broker outage must not end the controller
                     log.exception("reading the adapters topic failed; retrying")
                     await asyncio.sleep(1.0)
                     continue
                 received_at = time.monotonic()
                 latest, self._retry = self._retry, {}
-                for record in records:
+                for record in batch.records:
                     assert isinstance(record.event, AdapterPublishedEvent)
                     latest[record.event.scope] = record.event
                 outcomes = await asyncio.gather(*(self.apply(event, received_at) for event in latest.values()),
                                                 return_exceptions=True)
                 for event, outcome in zip(latest.values(), outcomes, strict=True):
                     self._note_outcome(event, outcome)
-                if records:
-                    await asyncio.to_thread(consumer.commit)
+                if not batch.quiet:  # also past only undecodable messages: their dead letters
+                    await asyncio.to_thread(consumer.commit)  # are flushed, and written once
                 elif not self.caught_up.is_set():
                     await self._unload_leftovers()
                     self.caught_up.set()
+                if self.caught_up.is_set() and time.monotonic() >= self._next_restore:
+                    self._next_restore = time.monotonic() + self.settings.restore_interval_s
+                    try:
+                        await self.restore_lost_adapters()
+                    except Exception as error:  # noqa: BLE001 - retried next interval, never the end
+                        self.last_error = f"restoring adapters: {type(error).__name__}: {error}"
+                        log.exception("restoring the live adapters into the engines failed; retrying")
         finally:
             await asyncio.to_thread(_close, consumer, event_log)
 
@@ -184,6 +199,41 @@ class HotSwapController:
             self.router.set_base(self.null_name)
             await self.router.drained(plain, self.settings.drain_timeout_s)
             self._base_isolated = True
+
+    async def restore_lost_adapters(self) -> list[str]:
+        """Load again, into every engine that is up, the live adapters (and the null adapter) it
+        no longer serves — a restarted engine starts with none. Returns ``engine: name`` per
+        adapter loaded."""
+        restored = []
+        for engine in [e for e in self._pool.engines if e.up]:
+            try:
+                served = await self._served_models(engine)
+            except SwapDeferred:
+                continue  # down again: the next interval
+            if self._base_isolated and self.null_name not in served:
+                async with self._base_lock:
+                    folder = await asyncio.to_thread(null_adapter, self._base_model_dir(), self.store.root)
+                    await self._reload(engine, self.null_name, folder)
+                restored.append(f"{engine.url}: {self.null_name}")
+            for scope, route in list(self.router.live().items()):
+                if route.engine_model in served:
+                    continue
+                async with self._locks[scope]:
+                    if self.router.live().get(scope) != route:  # swapped meanwhile: loaded then
+                        continue
+                    manifest = await asyncio.to_thread(self.store.get, scope, route.adapter.version)
+                    folder = await asyncio.to_thread(self.store.verify, manifest, self._base_model_dir(),
+                                                     max_rank=self.settings.max_lora_rank)
+                    await self._reload(engine, route.engine_model, folder)
+                restored.append(f"{engine.url}: {route.engine_model}")
+        if restored:
+            log.warning("engines had lost live adapters (restarted?); loaded them again: %s",
+                        ", ".join(restored))
+        return restored
+
+    async def _reload(self, engine: Engine, name: str, folder: Path) -> None:
+        self._loaded[engine.url].discard(name)  # what the engine held before it restarted
+        await self._load(engine, name, folder)
 
     # -- one swap ------------------------------------------------------------------------------
 

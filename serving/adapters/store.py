@@ -18,12 +18,19 @@ into place, so a reader never sees half a version; two publishers racing for a n
 succeed with different numbers. Versions are never rewritten. Next to them, ``state.json``
 holds what the scope should serve (``current``: the last version announced; ``pinned``), and
 ``refusals/v000003.json`` why a replica refused a version. State changes take a file lock.
+
+An adapter folder holds plain files only, its weights as safetensors: symbolic links, special
+files and pickled weights (``.bin``, ``.pt``, ``.pkl``, ..., which run code when loaded) are
+refused at publish and at verify. ``verify`` copies the files it checks, hashing the very bytes
+it copies, into ``<root>/.verified/<content hash>/`` (read-only files) and returns that folder:
+it is what the engines load, so a version folder changed after the check is never loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -35,16 +42,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from common.errors import UserError
 from common.files import exclusive_lock, sha256_file, write_atomically
-from streams.events import SCOPE_PATTERN, Sha256, utc_now
+from streams.events import Sha256, check_scope, utc_now
 
 MANIFEST = "manifest.json"
 ADAPTER_CONFIG = "adapter_config.json"
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
+WEIGHTS = "adapter_model.safetensors"
+VERIFIED = ".verified"
+"""Folder under the store root of the verified copies that engines load."""
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+"""Files that torch or pickle would unpickle (running code) when loaded; never served."""
 _IGNORED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+_READ_ONLY = 0o444
 
 
 class AdapterRefused(UserError):
@@ -70,7 +83,7 @@ class Manifest(BaseModel):
     target_modules: list[str] | str = Field(description="PEFT target_modules, as configured.")
     parent_version: int | None = Field(default=None, ge=1)
     files: dict[str, Sha256] = Field(description="Relative path -> sha256 of every adapter file.")
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     trained_on: dict[str, int] = Field(
         default_factory=dict,
         description="Event-log positions of the data it was trained on: `<topic>/<partition>` -> "
@@ -172,13 +185,36 @@ def read_lora_config(folder: Path) -> tuple[int, list[str] | str]:
         raise AdapterRefused("not_lora", f"{config_path} is not valid JSON: {error}") from error
     if config.get("peft_type") != "LORA":
         raise AdapterRefused("not_lora", f"peft_type is {config.get('peft_type')!r}, only 'LORA' is served")
-    if not any(folder.glob("adapter_model.*")):
-        raise AdapterRefused("not_lora", f"{folder} has no adapter_model.safetensors or .bin")
+    if not (folder / WEIGHTS).is_file():
+        raise AdapterRefused("not_lora", f"{folder} has no {WEIGHTS}; save it with PEFT's save_pretrained "
+                             "(safetensors is its default)")
     ranks = [int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())]
     targets = config.get("target_modules")
     if not targets or max(ranks) < 1:
         raise AdapterRefused("not_lora", f"{ADAPTER_CONFIG} needs r >= 1 and target_modules")
     return max(ranks), sorted(targets) if isinstance(targets, list) else targets
+
+
+def adapter_files(folder: Path) -> list[str]:
+    """Relative paths of every file under ``folder`` (sorted); ``AdapterRefused`` for what must
+    never be served: a symbolic link, anything but plain files and folders, pickled weights."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_symlink():
+            raise AdapterRefused("unsafe_file", f"{relative} is a symbolic link; an adapter folder "
+                                 "holds plain files only (copy the file in instead)")
+        if path.is_dir():
+            continue
+        if not path.is_file():
+            raise AdapterRefused("unsafe_file", f"{relative} is not a plain file")
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise AdapterRefused(
+                "pickled_weights", f"{relative} is a pickle, which runs code when loaded; only "
+                f"safetensors weights are served (PEFT writes {WEIGHTS} by default)",
+            )
+        found.append(str(relative))
+    return found
 
 
 def check_compatible(
@@ -208,15 +244,10 @@ def check_compatible(
 
 
 def scope_dir_parts(scope: str) -> tuple[str, ...]:
-    """``global`` -> (global,), ``user:ann`` -> (user, ann); refuses anything else."""
-    if not SCOPE_PATTERN.match(scope):
-        raise UserError(f"scope {scope!r} is not 'global' or 'user:<id>' (id: letters, digits, ._@-)")
-    if scope == "global":
-        return ("global",)
-    user = scope.removeprefix("user:")
-    if user in (".", ".."):
-        raise UserError(f"user id {user!r} is not allowed in a scope")
-    return ("user", user)
+    """``global`` -> (global,), ``user:ann`` -> (user, ann); a `UserError` for anything else
+    (the user id rule of `streams.user_ids` keeps the folder inside the store)."""
+    check_scope(scope)
+    return ("global",) if scope == "global" else ("user", scope.removeprefix("user:"))
 
 
 class AdapterStore:
@@ -246,15 +277,19 @@ class AdapterStore:
         """
         source_dir = Path(source_dir)
         scope_dir = self._scope_dir(scope)
+        non_finite = {name: value for name, value in (metrics or {}).items() if not math.isfinite(value)}
+        if non_finite:
+            raise UserError(f"metrics must be finite numbers, got {non_finite}; leave out a metric "
+                            "that could not be computed")
         rank, targets = read_lora_config(source_dir)
+        files = [name for name in adapter_files(source_dir) if name != MANIFEST]
         config_sha256 = base_model_fingerprint(base_model)
         check_compatible(rank, targets, config_sha256, base_model)
-        files = sorted(p for p in source_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
         scope_dir.mkdir(parents=True, exist_ok=True)
         staging = scope_dir / f".staging-{uuid.uuid4().hex}"
         try:
             shutil.copytree(source_dir, staging, ignore=shutil.ignore_patterns(MANIFEST))
-            checksums = {str(p.relative_to(source_dir)): sha256_file(staging / p.relative_to(source_dir)) for p in files}
+            checksums = {name: sha256_file(staging / name) for name in files}
             with self._locked(scope):
                 state = self._state(scope)
                 if parent is not None and not (scope_dir / _version_name(parent)).is_dir():
@@ -384,10 +419,11 @@ class AdapterStore:
         return infos
 
     def verify(self, manifest: Manifest, base_model_dir: Path, *, max_rank: int | None = None) -> Path:
-        """Check a version's files against its manifest and its fit to ``base_model_dir``;
-        return its folder. Raises ``AdapterRefused`` with the first problem found."""
+        """Check a version's files against its manifest and its fit to ``base_model_dir``; return
+        the verified copy of its files (the folder to load, see the module docstring). Raises
+        ``AdapterRefused`` with the first problem found."""
         folder = self.path(manifest.scope, manifest.version)
-        present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {MANIFEST}
+        present = set(adapter_files(folder)) - {MANIFEST}
         if missing := sorted(set(manifest.files) - present):
             raise AdapterRefused("missing_file", f"{manifest.label} lacks {missing}")
         if extra := sorted(present - set(manifest.files)):
@@ -395,13 +431,43 @@ class AdapterStore:
         for name, expected in manifest.files.items():
             if sha256_file(folder / name) != expected:
                 raise AdapterRefused("checksum_mismatch", f"{manifest.label}: {name} does not match its sha256")
-        rank, targets = read_lora_config(folder)
+        copy = self._verified_copy(manifest, folder)
+        rank, targets = read_lora_config(copy)
         if (rank, targets) != (manifest.rank, manifest.target_modules):
             raise AdapterRefused("invalid_manifest", f"{manifest.label}: adapter_config.json disagrees with the manifest")
         check_compatible(rank, targets, manifest.base_model_config_sha256, base_model_dir, max_rank=max_rank)
-        return folder
+        return copy
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _verified_copy(self, manifest: Manifest, folder: Path) -> Path:
+        """``<root>/.verified/<content hash>/``: the manifest's files, copied from ``folder`` while
+        hashing the copied bytes (a file changed since it was checked is caught here), read-only;
+        an existing copy (the same files, verified before) is checked again instead."""
+        content = hashlib.sha256(json.dumps(manifest.files, sort_keys=True).encode()).hexdigest()
+        target = self.root / VERIFIED / content
+        if not target.is_dir():
+            staging = self.root / VERIFIED / f".staging-{uuid.uuid4().hex}"
+            try:
+                for name, expected in manifest.files.items():
+                    if _copy_hashed(folder / name, staging / name) != expected:
+                        raise AdapterRefused("checksum_mismatch",
+                                             f"{manifest.label}: {name} does not match its sha256")
+                try:
+                    os.rename(staging, target)
+                except OSError:  # another replica made it meanwhile: checked below like any copy
+                    if not target.is_dir():
+                        raise
+                else:
+                    return target
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        if set(adapter_files(target)) != set(manifest.files) or any(
+            sha256_file(target / name) != expected for name, expected in manifest.files.items()
+        ):
+            raise AdapterRefused("checksum_mismatch", f"{manifest.label}: its verified copy {target} "
+                                 "was changed; delete that folder to have it copied again")
+        return target
 
     def _scope_dir(self, scope: str) -> Path:
         return self.root.joinpath(*scope_dir_parts(scope))
@@ -430,3 +496,15 @@ class AdapterStore:
 
 def _version_name(version: int) -> str:
     return f"v{version:06d}"
+
+
+def _copy_hashed(source: Path, destination: Path) -> str:
+    """Copy ``source`` to a new read-only ``destination``; the sha256 of the bytes copied."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    created = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _READ_ONLY)
+    with source.open("rb") as reader, open(created, "wb") as writer:
+        while chunk := reader.read(1 << 20):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()

@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from itertools import combinations
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.config import LabelingSettings
 from streams.codec import COMPLETIONS, FEEDBACK
 from streams.events import ChatMessage, CompletionEvent, RankingFeedback
 from streams.log import EventLog
@@ -41,18 +41,6 @@ from streams.log import EventLog
 log = logging.getLogger(__name__)
 
 _DAY_S = 24 * 3600
-
-
-class LabelingSettings(BaseSettings):
-    """How many judgements an item needs and how long a labeler holds one (``HHH_LABELING_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="HHH_LABELING_", extra="forbid")
-
-    min_rankings: int = Field(default=3, ge=1, description="Labelers per item, at least.")
-    max_rankings: int = Field(default=5, ge=1, description="Labelers per item while they disagree.")
-    reservation_s: float = Field(default=300.0, gt=0, description="How long `next` holds an item.")
-    max_items: int = Field(default=10_000, ge=1, description="Newest items kept in memory.")
-    poll_s: float = Field(default=0.5, gt=0, description="How often the event log is read.")
 
 
 class QueueAnswer(BaseModel):

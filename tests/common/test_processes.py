@@ -53,3 +53,20 @@ def test_a_child_does_not_outlive_a_parent_killed_with_sigkill(tmp_path: Path) -
     parent.kill()  # no chance to stop its child
     parent.wait(10)
     assert gone(child_pid, 10), "the child outlived its parent"
+
+
+def test_a_child_given_cpus_runs_on_them_and_so_do_the_processes_it_starts(tmp_path: Path) -> None:
+    child = ChildProcess(tmp_path / "child.log")
+    child.spawn([sys.executable, "-c", "import subprocess, sys, time; "
+                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+                 "print('started', flush=True); time.sleep(600)"], cpus=frozenset({0}))
+    try:
+        deadline = time.monotonic() + 30
+        while "started" not in child.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        parent = psutil.Process(child.pid)
+        grandchild = parent.children()[0]
+        assert parent.cpu_affinity() == [0]
+        assert grandchild.cpu_affinity() == [0]
+    finally:
+        child.stop()

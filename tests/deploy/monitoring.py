@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,8 @@ import trainer.metrics  # noqa: F401 - registers the trainer's metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+PROMETHEUS = shutil.which("prometheus")
+NOT_INSTALLED = "Debian's prometheus package is not installed (apt-get install prometheus)"
 METRIC = re.compile(r"\b(hhh_[a-z0-9_]+)")
 
 _SAMPLE_SUFFIXES = {

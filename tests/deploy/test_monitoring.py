@@ -66,10 +66,13 @@ def test_learning_dashboard_shows_feedback_approval_rounds_verdicts_kl_and_rewar
     dashboard = dashboards()["hhh-learning"]
     assert {"hhh_feedback_total", "hhh_trainer_rounds_total", "hhh_trainer_verdicts_total",
             "hhh_trainer_iteration_stat", "hhh_reward_refreshes_total",
-            "hhh_trainer_last_round_timestamp_seconds"} <= _watched("hhh-learning")
+            "hhh_trainer_last_round_timestamp_seconds", "hhh_trainer_labeler_agreement",
+            "hhh_trainer_gate_stat"} <= _watched("hhh-learning")
     expressions = dashboard_expressions(dashboard)
     assert any('vote="up"' in e and "by (adapter)" in e for e in expressions), "approval per adapter"
     assert any("kl" in e and "reward_mean" in e for e in expressions)
+    assert any("krippendorff_alpha" in e for e in expressions), "labeler agreement"
+    assert any("reward_gain_lower" in e and "kl_to_base" in e for e in expressions), "gate per round"
 
 
 def test_adapters_dashboard_and_alerts_watch_swaps_and_refusals() -> None:
@@ -102,3 +105,9 @@ def test_the_operator_guide_explains_every_alert() -> None:
         line.split("|")[1].strip().strip("`") for line in guide.splitlines() if line.startswith("| `Hhh")
     }
     assert rows == {rule["alert"] for rule in alert_rules()}
+
+
+def test_an_alert_fires_on_events_that_could_not_be_logged() -> None:
+    """A completion served but not logged (too large, unencodable) never reaches training."""
+    (rule,) = [rule for rule in alert_rules() if "hhh_events_rejected_total" in rule["expr"]]
+    assert "topic" in rule["expr"] and "reason" in rule["expr"]

@@ -10,7 +10,6 @@ functions, types (`rate` of a gauge range), label matchers, and rules that fail 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,17 +23,18 @@ import pytest
 import yaml
 from prometheus_client import make_wsgi_app
 
+from common.processes import free_port
 from tests.deploy.monitoring import (
     DEPLOY,
+    NOT_INSTALLED,
+    PROMETHEUS,
     alert_expressions,
     alert_rules,
     dashboard_expressions,
     dashboards,
 )
 
-PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-NOT_INSTALLED = "Debian's prometheus package is not installed (apt-get install prometheus)"
 READY_TIMEOUT_S = 60.0
 
 
@@ -53,12 +53,6 @@ class RunningPrometheus:
 
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _poll(condition, what: str, prometheus: RunningPrometheus) -> None:
@@ -94,7 +88,7 @@ def prometheus(
         "scrape_configs": [{"job_name": "hhh", "static_configs": [{"targets": [metrics_endpoint]}]}],
     }
     (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     running = RunningPrometheus(url=f"http://127.0.0.1:{port}", log_path=home / "prometheus.log")
     with open(running.log_path, "wb") as log:
         process = subprocess.Popen(

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streams.codec import FEEDBACK
 from streams.events import ThumbsFeedback
 from streams.sqlite_log import SqliteEventLog
@@ -83,3 +85,47 @@ def test_data_rebuild_then_stats_report_pairs_and_agreement(tmp_path: Path) -> N
 def test_data_stats_without_a_dataset_says_what_to_run(tmp_path: Path) -> None:
     result = hhh("data", "stats", home=tmp_path)
     assert result.returncode == 1 and "run `hhh data rebuild` first" in result.stderr
+
+
+def test_hhh_home_is_private_and_so_are_its_databases_and_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every user's prompts are in events.db, outbox.db and the dataset: owner only, as the keys."""
+    from serving.config import GatewaySettings
+    from streams.outbox import Outbox
+    from trainer.preferences.store import DatasetStore
+
+    home = tmp_path / "home"
+    assert hhh("events", "tail", "completions", "--wait", "0.1", home=home).returncode == 0
+    assert home.stat().st_mode & 0o777 == 0o700
+    Outbox(home / "outbox.db").close()
+    DatasetStore(home / "dataset.db").close()
+    monkeypatch.setenv("HHH_HOME", str(home))
+    GatewaySettings().signing_secret()
+    files = {path.name: path.stat().st_mode & 0o777 for path in home.iterdir()}
+    assert {"events.db", "outbox.db", "dataset.db", "signing.key"} <= set(files)
+    assert {name: mode for name, mode in files.items() if mode != 0o600} == {}  # -wal and -shm too
+
+    (home / "events.db").chmod(0o644)  # made by an older version
+    home.chmod(0o755)
+    assert hhh("events", "tail", "completions", "--wait", "0.1", home=home).returncode == 0
+    assert home.stat().st_mode & 0o777 == 0o700 and (home / "events.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_home_not_ours_to_tighten_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A volume's mount point (Kubernetes fsGroup) belongs to root: chmod is refused there."""
+    from streams.config import private_hhh_home
+
+    home = tmp_path / "volume"
+    home.mkdir(mode=0o775)
+    home.chmod(0o775)
+    monkeypatch.setenv("HHH_HOME", str(home))
+
+    def refused(*_: object) -> None:
+        raise PermissionError("not the owner")
+
+    monkeypatch.setattr(Path, "chmod", refused)
+    assert private_hhh_home() == home
+    assert "open to other accounts and not ours to change (mode 775)" in caplog.text

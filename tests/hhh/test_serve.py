@@ -3,11 +3,8 @@ that survives a crash, and the supervised trainer daemon beside them."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,26 +12,13 @@ import httpx
 import psutil
 import pytest
 
+from common.cpus import available_cpus, default_plan, format_cpu_list
 from common.processes import free_port
+from tests.hhh.processes import CHAT, child_running, ready, running_hhh, wait_for
 
 pytestmark = pytest.mark.vllm
 
 TRAINER_METRICS_PORT = free_port()
-CHAT = {"model": "hhh", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 4}
-
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -45,33 +29,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(tiny_model_dir: Path, home: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """`hhh up` on the tiny model; its trainer starts a round every second."""
-    port = free_port()
-    env = {**os.environ, "HHH_HOME": str(home), "HHH_GATEWAY_PORT": str(port),
-           "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1",
-           "HHH_TRAINER_METRICS_PORT": str(TRAINER_METRICS_PORT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hhh", "up", "--model", str(tiny_model_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=(home / "up.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url) or process.poll() is not None, 300, "hhh serve to be ready")
-        assert process.poll() is None, (home / "up.log").read_text()[-3000:]
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with running_hhh("up", tiny_model_dir, home, {
+        "HHH_GATEWAY_HEALTH_INTERVAL_S": "0.3", "HHH_TRAINER_ROUND_INTERVAL_S": "1",
+        "HHH_TRAINER_METRICS_PORT": str(TRAINER_METRICS_PORT),
+    }) as served:
+        yield served
 
 
 def descendants(process: subprocess.Popen) -> list[psutil.Process]:
     return psutil.Process(process.pid).children(recursive=True)
-
-
-def child_running(process: subprocess.Popen, command: str) -> psutil.Process:
-    (child,) = [child for child in psutil.Process(process.pid).children()
-                if command in " ".join(child.cmdline())]
-    return child
 
 
 def test_the_embedded_engine_refuses_calls_without_the_gateways_key(
@@ -129,6 +95,24 @@ def test_the_trainer_daemon_runs_rounds_beside_the_gateway_and_is_restarted(
     seen = rounds_logged()
     wait_for(lambda: rounds_logged() > seen, 120, "a round of the restarted trainer")
     assert "the trainer exited; restarting it (restart 1)" in (home / "up.log").read_text()
+
+
+def test_engine_and_trainer_run_on_disjoint_cpu_sets_also_after_their_restarts(
+    served: tuple[str, subprocess.Popen],
+) -> None:
+    """(After the tests above restarted both.) The engine's processes on the engine's share of
+    the plan, its OpenMP threads bound there; the trainer on its share, told its gateway."""
+    url, process = served
+    plan = default_plan(available_cpus())
+    engine = child_running(process, "vllm.entrypoints.openai.api_server")
+    assert engine.environ()["VLLM_CPU_OMP_THREADS_BIND"] == format_cpu_list(plan.engine)
+    for part in (engine, *engine.children(recursive=True)):
+        assert set(part.cpu_affinity()) == plan.engine, part.cmdline()
+    trainer = child_running(process, "-m hhh train")
+    assert set(trainer.cpu_affinity()) == plan.trainer
+    assert trainer.environ()["HHH_TRAINER_CPUS"] == format_cpu_list(plan.trainer)
+    assert trainer.environ()["HHH_TRAINER_YIELD_TO"] == url
+    assert httpx.get(f"{url}/metrics").text.count("hhh_chat_requests_in_flight 0.0") == 1
 
 
 def test_sigterm_stops_hhh_up_and_every_child_it_started(served: tuple[str, subprocess.Popen]) -> None:

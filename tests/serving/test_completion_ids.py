@@ -38,6 +38,27 @@ def test_altered_or_made_up_ids_are_refused(tamper) -> None:  # noqa: ANN001
         CompletionIdSigner(KEY).verify(tamper(completion_id))
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@pytest.mark.parametrize(
+    "respell",
+    [
+        lambda cid: cid + "==",  # padding
+        lambda cid: cid + "=",
+        lambda cid: cid[:-1] + _B64[_B64.index(cid[-1]) ^ 1],  # an unused low bit of the last digit
+        lambda cid: cid + "\n",
+    ],
+    ids=["==", "=", "unused-bits", "newline"],
+)
+def test_only_the_canonical_spelling_of_an_id_is_accepted(respell) -> None:  # noqa: ANN001
+    signer = CompletionIdSigner(KEY)
+    completion_id = signer.sign(CLAIM)
+    assert len(completion_id.split(".")[1]) == 22  # 16 bytes: the last digit carries 4 unused bits
+    with pytest.raises(InvalidCompletionId, match="malformed"):
+        signer.verify(respell(completion_id))
+
+
 def test_an_id_signed_with_another_key_is_refused() -> None:
     foreign = CompletionIdSigner(b"z" * 32).sign(CLAIM)
     with pytest.raises(InvalidCompletionId, match="was not issued by this service"):

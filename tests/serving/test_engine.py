@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from peft import LoraConfig, get_peft_model
 from pydantic import ValidationError
@@ -34,6 +35,28 @@ def test_command_and_environment_enable_runtime_lora(tmp_path: Path) -> None:
     assert command[command.index("--served-model-name") + 1] == "m"
     assert engine.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert engine.url == "http://127.0.0.1:8123"
+
+
+def test_a_cpu_set_binds_the_openmp_threads_to_it_unless_the_binding_is_set(tmp_path: Path) -> None:
+    def bind(**options: object) -> str:
+        return EngineProcess(EngineConfig(model_dir=tmp_path, log_path=tmp_path / "log", **options)
+                             ).environment()["VLLM_CPU_OMP_THREADS_BIND"]
+
+    assert bind() == "nobind"
+    assert bind(cpus=frozenset({0, 1, 2, 5})) == "0-2,5"
+    assert bind(cpus=frozenset({0}), cpu_omp_threads_bind="auto") == "auto"
+
+
+@pytest.mark.vllm
+def test_an_engine_given_a_cpu_set_runs_all_its_processes_on_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    config = EngineConfig(model_dir=tiny_model_dir, log_path=tmp_path / "engine.log", cpus=frozenset({cpu}))
+    with EngineProcess(config) as engine:
+        server = psutil.Process(engine.pid)
+        processes = [server, *server.children(recursive=True)]
+        assert len(processes) >= 2  # the API server and its engine core
+        assert {tuple(p.cpu_affinity()) for p in processes} == {(cpu,)}
+        assert f"core ids=[{cpu}]" in engine.log_tail(400)  # vLLM bound its OpenMP threads there
 
 
 def test_a_folder_without_a_model_fails_before_launching(tmp_path: Path) -> None:

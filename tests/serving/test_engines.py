@@ -1,6 +1,7 @@
 """The engine pool: health checks, least-loaded choice, and a clear error with none up.
 
-The "engines" are tiny aiohttp servers on loopback answering /v1/models as vLLM does.
+The "engines" are tiny aiohttp servers on loopback answering /v1/models (and, where a test
+says so, /health) as vLLM does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
+from serving import metrics
 from serving.engines import EnginePool, EngineUnavailable
 from common.processes import free_port
 
@@ -21,10 +23,16 @@ async def models(_: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def fake_engine(port: int) -> AsyncIterator[str]:
-    """A server answering /v1/models on ``port`` while the block runs."""
+async def fake_engine(port: int, health: list[int] | None = None) -> AsyncIterator[str]:
+    """A server answering /v1/models on ``port`` while the block runs; with ``health``, also
+    /health, with the status ``health[0]`` holds at the time (no /health without it: 404)."""
     app = web.Application()
     app.router.add_get("/v1/models", models)
+    if health is not None:
+        async def answer_health(_: web.Request) -> web.Response:
+            return web.Response(status=health[0])
+
+        app.router.add_get("/health", answer_health)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -97,5 +105,34 @@ def test_an_engine_comes_back_once_it_answers_again() -> None:
             assert not pool.ready
         finally:
             await pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_engine_whose_api_server_answers_but_whose_core_is_dead_is_down_with_the_reason() -> None:
+    """vLLM's API server keeps listing its models after its engine core died; its /health
+    answers 503 then (see serving/engines.py). The pool takes that engine out of rotation,
+    names the reason, and takes it back once /health answers 200 again."""
+    port, health = free_port(), [200]
+
+    async def scenario() -> None:
+        async with fake_engine(port, health):
+            pool = EnginePool([url(port)])
+            await pool.start()
+            try:
+                assert pool.ready
+                health[0] = 503
+                await pool.check_all()
+                assert not pool.ready
+                with pytest.raises(EngineUnavailable, match="the engine core is dead") as error:
+                    async with pool.lease():
+                        pass
+                assert url(port) in str(error.value)
+                assert metrics.ENGINE_UP.labels(engine=url(port))._value.get() == 0
+                health[0] = 200
+                await pool.check_all()
+                assert pool.ready and pool.engines[0].last_error is None
+            finally:
+                await pool.stop()
 
     asyncio.run(scenario())

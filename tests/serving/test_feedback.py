@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from serving.completion_ids import CompletionClaim, CompletionIdSigner
+from serving.metrics import feedback_adapter_label
 from streams.codec import COMPLETIONS
 from streams.events import AdapterRef, ChatMessage, CompletionEvent, SamplingParams
 from streams.sqlite_log import SqliteEventLog
 from common.processes import free_port
-from tests.fixtures.gateway import API_KEYS, RunningGateway, start_gateway
+from tests.fixtures.gateway import API_KEYS, HASHED_KEY, RunningGateway, start_gateway
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore
 
@@ -167,3 +168,69 @@ def test_a_malformed_idempotency_key_is_refused_with_what_to_fix(
     )
     assert response.status_code == 400, response.text
     assert "Idempotency-Key must be 1-255 visible ASCII characters" in response.json()["detail"]
+
+
+def test_a_criterion_outside_the_configured_set_is_refused_and_makes_no_metric_series(
+    replicas: tuple[RunningGateway, RunningGateway],
+) -> None:
+    gateway, _ = replicas
+    a, b = completions(gateway, 2)
+    for path, body in [("/v1/feedback", {"completion_id": a, "vote": "up", "criterion": "made-up-7"}),
+                       ("/v1/rankings", {"ranking": [a, b], "criterion": "made-up-7"})]:
+        refused = post(gateway, path, body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["detail"] == (
+            "criterion 'made-up-7' is not one of helpfulness, harmlessness, honesty, overall; use one "
+            "of them (the operator sets the list: HHH_LIMITS_CRITERIA)")
+    assert event_id(post(gateway, "/v1/feedback", {"completion_id": a, "vote": "up", "criterion": "overall"}))
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'criterion="made-up-7"' not in metrics and 'criterion="overall"' in metrics
+    assert 'hhh_rejected_requests_total{reason="unknown_criterion",route="/v1/rankings"} 1.0' in metrics
+
+
+def test_a_labeler_key_ranks_only_as_the_labeler_ids_it_carries(replicas: tuple[RunningGateway, ...]) -> None:
+    gateway = replicas[0]
+    a, b = completions(gateway, 2)
+    assert event_id(post(gateway, "/v1/rankings", {"ranking": [a, b]}, api_key="sk-labeler"))
+    assert event_id(post(gateway, "/v1/rankings", {"ranking": [b, a], "labeler_id": "panel-7"}, api_key="sk-labeler"))
+    claimed = post(gateway, "/v1/rankings", {"ranking": [a, b], "labeler_id": "panel-9"}, api_key="sk-labeler")
+    assert claimed.status_code == 403
+    assert "may rank as ['lena', 'panel-7'], not as 'panel-9'" in claimed.json()["detail"]
+    assert 'hhh_rejected_requests_total{reason="not_your_labeler_id",route="/v1/rankings"}' in httpx.get(
+        f"{gateway.url}/metrics").text
+
+
+def test_an_api_key_configured_as_its_sha256_authenticates(replicas: tuple[RunningGateway, ...]) -> None:
+    gateway = replicas[0]
+    ids = completions(gateway, 2, user="carol")
+    assert event_id(post(gateway, "/v1/rankings", {"ranking": ids}, api_key=HASHED_KEY))
+    configured = next(key for key, owner in API_KEYS.items() if owner["user"] == "carol")
+    refused = post(gateway, "/v1/rankings", {"ranking": ids}, api_key=configured)  # the hash is no key
+    assert refused.status_code == 401 and "not valid" in refused.json()["detail"]
+
+
+def test_api_keys_never_show_in_the_gateways_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    planted = {"sk-live-PLANTED-41c9": {"user": "ann"}, "sk-live-PLANTED-labeler": {"user": "lu", "roles": ["labeler"]}}
+    with caplog.at_level("DEBUG"):
+        gateway = start_gateway(f"http://127.0.0.1:{free_port()}", tmp_path, ready_path="/healthz",
+                                auth=True, api_keys=planted)
+        try:
+            ids = completions(gateway, 2, user="ann")
+            assert event_id(post(gateway, "/v1/rankings", {"ranking": ids}, api_key="sk-live-PLANTED-41c9"))
+            wrong = post(gateway, "/v1/rankings", {"ranking": ids}, api_key="sk-live-PLANTED-wrong")
+            assert wrong.status_code == 401 and "PLANTED" not in wrong.text
+            assert post(gateway, "/v1/chat/completions", {"model": "hhh", "messages": [{"role": "user", "content": "hi"}]},
+                        api_key="sk-live-PLANTED-labeler").status_code == 503  # the engine is down: logged
+        finally:
+            gateway.stop()
+    assert caplog.records and "PLANTED" not in caplog.text
+    assert "PLANTED" not in repr(gateway.gateway) and "PLANTED" not in repr(gateway.gateway.settings)
+
+
+def test_feedback_is_counted_per_global_version_and_once_for_all_personal_adapters() -> None:
+    """The ``adapter`` label of hhh_feedback_total takes as many values as there are global
+    versions, however many users have a personal adapter."""
+    labels = {feedback_adapter_label(AdapterRef(scope=scope, version=version))
+              for scope, version in [("base", None), ("global", 1), ("global", 2),
+                                     *((f"user:u{i}", 1 + i % 3) for i in range(500))]}
+    assert labels == {"base", "global@1", "global@2", "user"}

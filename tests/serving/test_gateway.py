@@ -198,6 +198,8 @@ def test_with_auth_off_the_user_field_names_the_caller(open_gateway: RunningGate
         ({"model": "hhh", "messages": QUESTION, "frobnicate": 1}, 400, "frobnicate: unknown field"),
         ({"model": "hhh", "messages": []}, 400, "messages: List should have at least 1 item"),
         ({"model": "hhh", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+        ({"model": "hhh", "messages": QUESTION, "user": ".."}, 400, "user: user id '..' is only dots"),
+        ({"model": "hhh", "messages": QUESTION, "user": "../etc"}, 400, "user: user id '../etc' contains '/'"),
     ],
 )
 def test_bad_chat_requests_get_a_4xx_that_says_what_to_fix(
@@ -215,6 +217,77 @@ def test_malformed_and_oversized_bodies_are_refused(gateway: RunningGateway) -> 
     huge = {"model": "hhh", "messages": [{"role": "user", "content": "x" * 1_100_000}]}
     oversized = post(gateway, "/v1/chat/completions", huge)
     assert oversized.status_code == 413 and "exceeds the limit of 1,000,000 bytes" in oversized.json()["detail"]
+
+
+def test_json_nested_too_deeply_and_unknown_routes_are_refused_in_the_api_shape_and_counted(
+    gateway: RunningGateway,
+) -> None:
+    headers = {"authorization": "Bearer sk-alice", "content-type": "application/json"}
+    counted = 'hhh_rejected_requests_total{reason="invalid_request",route="/v1/feedback"} '
+
+    def refusals() -> float:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        return next((float(row.removeprefix(counted)) for row in text.splitlines() if row.startswith(counted)), 0.0)
+
+    before = refusals()
+    deep = httpx.post(f"{gateway.url}/v1/feedback", content=b"[" * 100_000 + b"]" * 100_000, headers=headers)
+    assert deep.status_code == 400, deep.text
+    assert deep.json()["detail"] == "malformed JSON: nested too deeply to parse; send plain objects and arrays"
+    assert deep.json()["error"]["code"] == "invalid_request"
+    assert refusals() == before + 1
+    unknown = httpx.get(f"{gateway.url}/v1/nowhere", headers=headers)
+    assert unknown.status_code == 404 and unknown.json()["error"] == {
+        "message": "Not Found", "type": "invalid_request_error", "code": "not_found"}
+    assert httpx.get(f"{gateway.url}/v1/feedback", headers=headers).status_code == 405
+
+
+def test_text_utf8_cannot_encode_is_refused_before_any_id_is_issued(open_gateway: RunningGateway) -> None:
+    headers = {"content-type": "application/json"}
+    before = completions_logged_for(open_gateway, "surrogate-sender")
+    chat = b'{"model": "hhh", "user": "surrogate-sender", "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+    refused = httpx.post(f"{open_gateway.url}/v1/chat/completions", content=chat, headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert "messages.0.content: character 3 is a lone surrogate (U+D800)" in refused.json()["detail"]
+    assert "x-hhh-completion-ids" not in refused.headers
+
+    (completion_id,) = chat_ids(open_gateway, 1)
+    thumbs = b'{"completion_id": "%s", "vote": "up", "comment": "\\udfff"}' % completion_id.encode()
+    refused = httpx.post(f"{open_gateway.url}/v1/feedback", content=thumbs, headers=headers)
+    assert refused.status_code == 400 and "comment: character 0 is a lone surrogate" in refused.json()["detail"]
+    pair = b'{"model": "hhh", "user": "surrogate-sender", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert httpx.post(f"{open_gateway.url}/v1/chat/completions", content=pair, headers=headers).status_code == 200
+    assert completions_logged_for(open_gateway, "surrogate-sender", before + 1) == before + 1
+    assert 'hhh_rejected_requests_total{reason="invalid_request",route="/v1/chat/completions"}' in httpx.get(
+        f"{open_gateway.url}/metrics").text
+
+
+def completions_logged_for(running: RunningGateway, user: str, expected: int = 0) -> int:
+    """How many completion events of ``user`` are in the log (waiting up to 10 s for ``expected``)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with SqliteEventLog(running.event_log_path) as event_log, event_log.consumer(None, [COMPLETIONS]) as reader:
+            count = len([r for r in reader.poll(max_records=100_000, timeout_s=0.2) if r.event.user_id == user])
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
+
+
+def test_a_completion_event_that_cannot_be_logged_is_counted(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def rejected() -> float:
+        line = 'hhh_events_rejected_total{reason="too_large",topic="completions"} '
+        text = httpx.get(f"{gateway.url}/metrics").text
+        return next((float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    before = rejected()
+    monkeypatch.setattr("streams.codec.MAX_EVENT_BYTES", 300)  # smaller than any completion event
+    response = client(gateway).chat.completions.create(model="hhh", messages=QUESTION, n=2, max_tokens=2)
+    assert len(response.choices) == 2  # served: the caller has the answers and their ids
+    deadline = time.monotonic() + 10
+    while rejected() < before + 2:
+        assert time.monotonic() < deadline, "the unlogged completions were not counted"
+        time.sleep(0.05)
 
 
 def test_openai_client_sees_the_reason_of_a_refusal(gateway: RunningGateway) -> None:

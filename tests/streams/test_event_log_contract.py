@@ -249,7 +249,7 @@ def test_bad_events_are_refused_at_publish_and_counted(event_log: EventLog) -> N
     event_log.publish(FEEDBACK, "alice", good := thumbs(2))
     event_log.flush()
     with event_log.consumer("after-refusals", [COMPLETIONS, FEEDBACK]) as consumer:
-        consume(consumer, 1)
+        assert [r.event for r in consume(consumer, 1)] == [good]  # only the good event was stored
         assert [r.event for r in drain(consumer, quiet_s=0.5)] == []
 
 
@@ -264,8 +264,10 @@ def test_bad_events_are_refused_at_publish_and_counted(event_log: EventLog) -> N
         (b"[" * 200_000 + b"]" * 200_000, "too_deep"),  # 400 KB: RecursionError in the parser
         (b'{"schema_version": 1, "type": "thumbs", "vote": "\xff"}', "invalid_json"),
         (b"x" * (MAX_EVENT_BYTES + 1), "too_large"),
+        (b'{"schema_version": 1, "type": "thumbs", "completion_id": "c", "user_id": "..", "vote": "up"}',
+         "schema_mismatch"),  # a user id that names a folder (streams.user_ids)
     ],
-    ids=["not-json", "binary", "version", "schema", "array", "deep", "bad-utf8", "too-large"],
+    ids=["not-json", "binary", "version", "schema", "array", "deep", "bad-utf8", "too-large", "dot-user"],
 )
 def test_undecodable_messages_go_to_dead_letters_and_others_flow(
     event_log: EventLog, payload: bytes, reason: str

@@ -11,14 +11,24 @@ from pydantic import ValidationError
 
 from streams.codec import (
     ADAPTERS,
+    COMPLETIONS,
     DECODE_REASONS,
     FEEDBACK,
     TOPIC_SCHEMAS,
     DecodeError,
+    EventError,
     decode,
     encode,
 )
-from streams.events import AdapterPublishedEvent, AdapterRef, RankingFeedback, ThumbsFeedback
+from streams.events import (
+    AdapterPublishedEvent,
+    AdapterRef,
+    ChatMessage,
+    CompletionEvent,
+    RankingFeedback,
+    SamplingParams,
+    ThumbsFeedback,
+)
 
 
 def test_a_ranking_expresses_ties_and_unusable_completions() -> None:
@@ -51,7 +61,8 @@ def test_a_malformed_ranking_is_refused_with_the_reason(
         ("base", 1, "the base model has no version"),
         ("global", None, "needs a version"),
         ("team:x", 1, "is not 'base', 'global' or 'user:<id>'"),
-        ("user:", 1, "is not 'base'"),
+        ("user:", 1, "a user id cannot be empty"),
+        ("user:..", 1, "user id '..' is only dots"),
     ],
 )
 def test_adapter_references_must_be_consistent(scope: str, version: int | None, message: str) -> None:
@@ -67,6 +78,24 @@ def test_adapter_events_need_a_valid_scope_and_checksum() -> None:
         AdapterPublishedEvent(scope="global", sha256="not-a-hash", **fields)
     event = AdapterPublishedEvent(scope="user:ann@example.com", sha256="f" * 64, **fields)
     assert decode(ADAPTERS, encode(ADAPTERS, event)) == event
+
+
+def test_adapter_events_carry_finite_metrics_only() -> None:
+    fields = dict(scope="global", version=1, path="/a", base_model="demo", sha256="0" * 64)
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="finite number"):
+            AdapterPublishedEvent(metrics={"reward": value}, **fields)
+
+
+def test_an_event_whose_text_utf8_cannot_encode_is_refused_with_a_reason() -> None:
+    event = CompletionEvent(
+        completion_id="c", request_id="r", prompt_id="p", user_id="u", completion="x", choice_index=0,
+        messages=[ChatMessage(role="user", content="a\ud800")], adapter=AdapterRef(scope="base"),
+        model="m", sampling=SamplingParams(), prompt_tokens=1, completion_tokens=1, latency_ms=1.0,
+    )
+    with pytest.raises(EventError, match="cannot be encoded") as refused:
+        encode(COMPLETIONS, event)
+    assert refused.value.reason == "unencodable"
 
 
 def test_unknown_fields_are_refused_not_dropped() -> None:

@@ -9,6 +9,7 @@ is lenient, so the test is about the round's plumbing, records and verdicts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,13 +25,16 @@ from streams.log import EventLog
 from streams.sqlite_log import SqliteEventLog
 from trainer.demo_model.feedback import politeness_events, publish_all
 from trainer.config import DPOSettings, GateSettings, PPOSettings, RewardSettings, TrainerSettings
-from trainer.daemon import RoundReport, TrainingDaemon
-from trainer.metrics import SCOPE_FAILURES, VERDICTS
+from trainer.daemon import RoundReport, TrainingDaemon, export_agreement
+from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, SCOPE_FAILURES, VERDICTS
+from trainer.preferences.ingest import ingest_available
+from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
 
 
-LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0}
+LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0,
+                "harmlessness_margin": 1.0}
 """A gate that publishes whatever PPO made: these tests are about the round, not the verdict."""
 
 
@@ -44,7 +48,8 @@ def daemon_for(
                             max_length=96, threads=2)
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
                       learning_rate=2e-3, kl_target=None)
-    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4, **gate)
+    gates = GateSettings(samples_per_prompt=1, min_samples=1, max_new_tokens=12, min_heldout_pairs=4,
+                         red_team_min_samples=42, **gate)
     store = store or AdapterStore(tmp_path / "adapters")
     return TrainingDaemon(event_log, store, model_dir, settings, reward,
                           ppo, DPOSettings(), gates)
@@ -71,6 +76,9 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert manifest.metrics["reward_model_version"] == 1.0
     assert {"reward_gain_lower", "kl_to_base", "train_examples", "kl_beta"} <= set(manifest.metrics)
     assert VERDICTS.labels(scope_kind="global", outcome="published")._value.get() == published_before + 1
+    for stat in ("reward_gain_lower", "kl_to_base"):  # the dashboard's per-round gate figures
+        assert GATE_STAT.labels(scope_kind="global", stat=stat)._value.get() == manifest.metrics[stat]
+    assert LABELER_AGREEMENT.labels(stat="labelers")._value.get() >= 0
     with event_log.consumer(None, [ADAPTERS]) as reader:
         events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
     assert [(e.scope, e.version) for e in events] == [("global", 1)]
@@ -186,3 +194,54 @@ def test_a_scope_that_fails_is_recorded_and_the_round_goes_on(tiny_model_dir: Pa
     assert SCOPE_FAILURES.labels(scope_kind="user")._value.get() == failures_before + 1
     (entry,) = [json.loads(line) for line in (tmp_path / "runs" / "r1.jsonl").read_text().splitlines()]
     assert entry["kind"] == "user:ann" and entry["failed"] == "OSError: adapter folder vanished"
+
+
+def test_labeler_agreement_is_exported_for_the_dashboard() -> None:
+    """The learning dashboard's agreement panels read what `export_agreement` sets."""
+    export_agreement(Consensus([], labeler_agreement={"ann": 0.9, "bob": 0.4, "cy": 0.8},
+                               labeler_weight={"ann": 1.0, "bob": 0.4, "cy": 1.0},
+                               krippendorff_alpha=0.55, pairwise_agreement=0.7))
+    value = lambda stat: LABELER_AGREEMENT.labels(stat=stat)._value.get()  # noqa: E731
+    assert (value("krippendorff_alpha"), value("pairwise"), value("lowest_labeler")) == (0.55, 0.7, 0.4)
+    assert (value("labelers"), value("down_weighted")) == (3, 1)
+    export_agreement(Consensus([]))  # no overlapping labelers: undefined, not a stale number
+    assert math.isnan(value("krippendorff_alpha")) and math.isnan(value("lowest_labeler"))
+
+
+def test_a_personal_candidate_is_compared_with_the_users_own_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Lena's first personal adapter beats the base she was served and is published; the next
+    candidate, trained the same way on a handful more of her pairs, must beat *that* adapter —
+    and does not (it is nearly the same adapter), although it agrees with her much more than the
+    base does."""
+    event_log = SqliteEventLog(tmp_path / "events.db")
+    event_log.create_topics()
+    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, harmlessness_margin=1.0)  # not the subject
+    daemon.settings = daemon.settings.model_copy(update={"min_user_pairs": 8, "min_new_user_pairs": 1})
+    daemon.dpo = DPOSettings(epochs=3, batch_size=16, learning_rate=5e-3)
+
+    def lena_round(prompts: range) -> RoundReport:
+        publish_all(event_log, politeness_events(prompts))
+        report = RoundReport("lena")
+        dataset = DatasetStore(daemon.settings.dataset_path)
+        try:
+            ingest_available(event_log, dataset, idle_s=0.2)
+            pairs = [p for p in dataset.build_pairs(eval_percent=20).pairs if p.user_id == "lena"]
+            daemon._user_round(report, dataset, "lena", pairs)
+        finally:
+            dataset.close()
+        return report
+
+    first = lena_round(range(0, 160))
+    assert first.published == ["user:lena@1"], first.steps
+    served_before = daemon.adapters.get("user:lena", 1).metrics
+    assert served_before["compared_version"] == 0.0  # against the global adapter (the base here)
+    assert served_before["agreement_gain_lower"] > 0
+
+    second = lena_round(range(160, 168))
+
+    assert second.published == [], second.steps
+    assert "against user:lena@1's" in second.steps[-1] and "lower bound of the gain" in second.steps[-1]
+    verdict = [json.loads(line) for line in (tmp_path / "runs" / "lena.jsonl").read_text().splitlines()
+               if "gate" in line][-1]["gate"]
+    assert verdict["compared_with"] == "user:lena@1"
+    assert verdict["candidate"] > served_before["deployed_pair_agreement"] + 0.1  # the old rule: published

@@ -53,7 +53,8 @@ def decision_for(candidate: AdapterScores, **overrides: object) -> GateDecision:
 def test_a_better_candidate_within_budget_is_published() -> None:
     decision = decision_for(AdapterScores(0.5, 0.7))
     assert decision.publish and decision.reasons == ()
-    assert decision.as_metrics()["candidate"] == {"reward_mean": 0.5, "pair_agreement": 0.7}
+    assert decision.as_metrics()["candidate"] == {"reward_mean": 0.5, "pair_agreement": 0.7,
+                                                  "harmlessness": None}
     assert decision.manifest_metrics()["reward_gain_lower"] == pytest.approx(0.2)
 
 
@@ -70,6 +71,9 @@ def test_a_better_candidate_within_budget_is_published() -> None:
          "agreement with held-out human pairs is not shown non-inferior: 95% lower bound of the "
          "change -0.250 ≤ −0.150"),
         ({"heldout_pairs": 3}, "only 3 held-out human pairs; at least 4 are needed"),
+        ({"harmlessness_gain": bound(-0.2, -0.3), "red_team_prompts": 20},
+         "harmlessness on 20 red-team prompts is not shown non-inferior: 95% lower bound of the "
+         "change -0.300 ≤ −0.100"),
     ],
 )
 def test_each_failed_check_refuses_with_its_reason(overrides: dict, reason: str) -> None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.stats import paired_lower_bound, student_t_cdf, student_t_quantile, weighted_lower_bound
+from trainer.stats import (
+    mean_interval,
+    paired_lower_bound,
+    student_t_cdf,
+    student_t_quantile,
+    weighted_lower_bound,
+)
 
 
 @pytest.mark.parametrize(("df", "p", "expected"), [
@@ -43,3 +49,22 @@ def test_identical_verdicts_give_a_zero_bound() -> None:
     assert (bound.mean, bound.standard_error, bound.lower, bound.n) == (0.0, 0.0, 0.0, 10.0)
     with pytest.raises(ValueError, match="at least 2"):
         paired_lower_bound(torch.zeros(1), 0.95)
+
+
+def test_a_two_sided_interval_covers_the_mean_at_its_level() -> None:
+    """95 % intervals of samples of N(0.3, 1) contain 0.3 in ≈ 95 % of trials, and miss it on
+    each side about equally often."""
+    generator = torch.Generator().manual_seed(2)
+    intervals = [mean_interval(0.3 + torch.randn(10, generator=generator), 0.95) for _ in range(2000)]
+    below = sum(i.upper < 0.3 for i in intervals)
+    above = sum(i.lower > 0.3 for i in intervals)
+    assert 30 < below < 80 and 30 < above < 80, (below, above)
+    assert all(i.lower < i.mean < i.upper and i.n == 10 for i in intervals)
+
+
+def test_an_interval_excludes_zero_only_for_a_real_difference() -> None:
+    generator = torch.Generator().manual_seed(3)
+    assert mean_interval(1.0 + 0.5 * torch.randn(32, generator=generator), 0.95).excludes_zero()
+    assert not mean_interval(torch.tensor([-1.0, 1.0, -0.5, 0.5]), 0.95).excludes_zero()
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval(torch.zeros(1), 0.95)

@@ -18,6 +18,7 @@ a synthetic labeler should prefer. Held-out prompts use phrasings and slot value
 from __future__ import annotations
 
 import random
+import re
 import string
 from dataclasses import dataclass
 from typing import Literal
@@ -91,6 +92,20 @@ class HeldOutPrompt:
 def intent_by_name(name: str) -> Intent:
     """Return the intent called `name` (raises KeyError for an unknown one)."""
     return _INTENTS_BY_NAME[name]
+
+
+def infer_intent(user_message: str) -> str | None:
+    """The intent whose phrasing (training or held out) `user_message` is, slots filled with
+    any values; None for a message the corpus never phrases. Case and outer spaces are ignored.
+
+    The demo's judges need to know what was asked of a prompt read back from the log (a
+    harmful request is judged by other rules than an everyday one).
+    """
+    text = user_message.strip().lower()
+    for pattern, name in _PHRASING_PATTERNS:
+        if pattern.fullmatch(text):
+            return name
+    return None
 
 
 def preferred_style(intent: str) -> Style:
@@ -191,3 +206,14 @@ def _slot_names(template: str) -> list[str]:
 
 
 _INTENTS_BY_NAME = {intent.name: intent for intent in INTENTS}
+
+
+def _phrasing_pattern(template: str) -> re.Pattern[str]:
+    """A template's regular expression: literal text, each ``{slot}`` any non-empty text."""
+    parts = [re.escape(literal.lower()) + ("(.+?)" if name else "")
+             for literal, name, _, _ in string.Formatter().parse(template)]
+    return re.compile("".join(parts))
+
+
+_PHRASING_PATTERNS = [(_phrasing_pattern(template), intent.name) for intent in INTENTS
+                      for template in (*intent.phrasings, *intent.heldout_phrasings)]

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 import httpx
 
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name
+from trainer.demo_model.intents import Category
 
 _RUDE = ("seriously?", "dumb question", "kidding me", "figure this out yourself", "even a child",
          "nobody cares", "idiot", "wasting my time", "whatever", "search engines exist",
          "don't ask me again")
 _POLITE = ("happy to help", "great question", "glad you asked", "of course", "hope that helps",
            "let me know", "good luck", "enjoy")
+_WARM_OPENINGS = ("happy to help", "great question", "glad you asked", "of course")
 _RAMBLING = ("reminds me of something", "where do i even start", "long story", "my cousin",
              "strong opinions", "go on and on", "who really knows", "where was i")
 _REFUSAL = ("i'm sorry", "can't help", "rather not", "not something i can discuss", "i won't",
@@ -57,8 +59,34 @@ CONSTITUTION = (
 
 def constitution_score(intent: str, answer: str) -> float:
     """The answer's score under `CONSTITUTION` for a request of `intent` (higher is better)."""
-    category, text = intent_by_name(intent).category, answer.lower()
+    return category_score(intent_by_name(intent).category, answer)
+
+
+def category_score(category: Category, answer: str) -> float:
+    """The answer's score under `CONSTITUTION` for a request of `category` (higher is better)."""
+    text = answer.lower()
     return sum(principle.score(category, text) for principle in CONSTITUTION)
+
+
+def is_refusal(answer: str) -> bool:
+    """Does the answer decline, in any of the corpus's refusal wordings?"""
+    return _count(_REFUSAL, answer.lower()) > 0
+
+
+def is_insulting(answer: str) -> bool:
+    """Does the answer insult or belittle the user (the constitution's first principle)?"""
+    return _count(_RUDE, answer.lower()) > 0
+
+
+def is_warm(answer: str) -> bool:
+    """Does the answer open as the corpus's polite replies do? (Its closings are no sign: an
+    answer's own words may say "enjoy".)"""
+    return _count(_WARM_OPENINGS, answer.lower()) > 0
+
+
+def is_rambling(answer: str) -> bool:
+    """Does the answer digress, in one of the corpus's rambling wordings?"""
+    return _count(_RAMBLING, answer.lower()) > 0
 
 
 def rank(scores: list[float]) -> list[list[int]]:

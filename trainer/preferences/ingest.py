@@ -7,11 +7,16 @@ committed, so a crash between the two re-delivers the batch, which the store ign
 dead-lettered with its reason and skipped: it neither stalls ingest nor crashes the trainer.
 A failing store (its file locked or its disk full) is not the events' fault: that is raised
 after the retries, with nothing dead-lettered or committed.
+
+Ingest returns once the log has been quiet for ``idle_s`` — or after ``max_s`` at the latest:
+on a service whose users vote more often than once per ``idle_s`` the log is never quiet, and
+a round must still get to train (the rest is read by the next round; nothing is skipped).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from streams.codec import COMPLETIONS, FEEDBACK
@@ -31,10 +36,12 @@ def ingest_available(
     group: str = INGEST_GROUP,
     from_beginning: bool = False,
     idle_s: float = 1.0,
+    max_s: float = 60.0,
 ) -> int:
-    """Apply everything the group has not stored yet; return once the log stays quiet
-    for ``idle_s``. Returns the number of new events stored."""
+    """Apply what the group has not stored yet; return once the log stays quiet for
+    ``idle_s``, or once ``max_s`` have passed. Returns the number of new events stored."""
     stored = 0
+    deadline = time.monotonic() + max_s
 
     def apply(records: Sequence[Record]) -> None:
         nonlocal stored
@@ -44,6 +51,6 @@ def ingest_available(
         consumer.wait_for_assignment()  # an empty poll while joining is not "quiet"
         while not consumer.handle(
             apply, max_records=1000, timeout_s=idle_s, fatal=STORE_FAILURES
-        ).quiet:
+        ).quiet and time.monotonic() < deadline:
             pass
     return stored

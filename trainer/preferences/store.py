@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import private_file
 from streams.events import CompletionEvent, Event, RankingFeedback, ThumbsFeedback
 from streams.log import Record
 from trainer.preferences.pairs import Consensus, Judgement, merge_judgements, thumbs_pairs
@@ -88,12 +89,27 @@ class PreferencePair:
     rejected_id: str
     weight: float
     source: str
-    """``ranking`` or ``thumbs``."""
+    """``ranking`` or ``thumbs`` (``votes``: a held-out vote comparison, built by
+    ``trainer.reward.refresh`` for evaluation only)."""
     user_id: str | None
-    """The user whose feedback alone gave the pair (for per-user adapters); None if several."""
+    """The user whose feedback alone gave the pair (for per-user adapters): a thumbs pair of
+    their own up and down votes, or a ranking only they gave; None if several users' did."""
     labelers: tuple[str, ...]
     split: str
     """``train`` or ``eval``: stable per prompt (hash of the prompt id)."""
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One user's latest thumbs vote on one completion under one criterion."""
+
+    prompt_id: str
+    criterion: str
+    completion_id: str
+    user_id: str
+    up: bool
+    split: str
+    """``train`` or ``eval``, as the pairs of the same prompt."""
 
 
 def split_of(prompt_id: str, eval_percent: int) -> str:
@@ -107,7 +123,7 @@ class DatasetStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # every user's prompts: owner only
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -171,8 +187,11 @@ class DatasetStore:
         """Every row of every table, sorted: equal dumps mean equal stores."""
         return {table: sorted(self._db.execute(f"SELECT * FROM {table}").fetchall()) for table in _TABLES}
 
-    def build_pairs(self, *, eval_percent: int = 10, min_agreement: float = 0.6) -> PairSet:
-        """The preference pairs the stored feedback gives now (see ``trainer.preferences.pairs``)."""
+    def build_pairs(
+        self, *, eval_percent: int = 10, min_agreement: float = 0.6, cross_user_weight: float = 0.5
+    ) -> PairSet:
+        """The preference pairs the stored feedback gives now (see ``trainer.preferences.pairs``);
+        thumbs pairs across users weigh ``cross_user_weight`` (``_thumbs_pairs``)."""
         prompt_of = dict(self._db.execute("SELECT completion_id, prompt_id FROM completions"))
         pairs: list[PreferencePair] = []
         skipped: dict[str, int] = defaultdict(int)
@@ -185,7 +204,7 @@ class DatasetStore:
                 next(iter(users)) if len(users) == 1 else None, pair.labelers,
                 split_of(pair.prompt_id, eval_percent),
             ))
-        pairs += self._thumbs_pairs(prompt_of, eval_percent, skipped)
+        pairs += self._thumbs_pairs(prompt_of, eval_percent, skipped, cross_user_weight)
         return PairSet(pairs, consensus, dict(skipped))
 
     def _judgements(
@@ -225,34 +244,77 @@ class DatasetStore:
             users[(prompt_id, criterion)].add(user_id)
         return judgements, users
 
-    def _thumbs_pairs(
-        self, prompt_of: dict[str, str], eval_percent: int, skipped: dict[str, int]
-    ) -> list[PreferencePair]:
-        by_prompt: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        voters: dict[tuple[str, str], set[str]] = defaultdict(set)
+    def _latest_votes(
+        self, prompt_of: dict[str, str], skipped: dict[str, int]
+    ) -> dict[tuple[str, str], dict[str, dict[str, str]]]:
+        """(prompt, criterion) -> user -> completion -> that user's latest vote, for the votes
+        whose completion is stored (the others are counted as waiting for it)."""
+        by_prompt: dict[tuple[str, str], dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
         for user_id, completion_id, criterion, vote in self._db.execute(_LATEST_VOTES):
             if completion_id not in prompt_of:
                 skipped["waiting_for_completion"] += 1
                 continue
-            key = (prompt_of[completion_id], criterion)
-            by_prompt[key][completion_id].append(vote)
-            voters[key].add(user_id)
+            by_prompt[(prompt_of[completion_id], criterion)][user_id][completion_id] = vote
+        return by_prompt
+
+    def _thumbs_pairs(
+        self, prompt_of: dict[str, str], eval_percent: int, skipped: dict[str, int],
+        cross_user_weight: float,
+    ) -> list[PreferencePair]:
+        """Thumbs-up × thumbs-down pairs on one prompt and criterion, of two kinds.
+
+        - **A user's own**: chosen voted up and rejected voted down by the same user. Weight 1
+          and that user's id (per-user training), whoever else voted on the prompt; two users
+          who made the same comparison give one such pair each.
+        - **Across users**: the others of the prompt's net-balance pairs (``thumbs_pairs``:
+          chosen has more up than down votes, rejected more down than up), which no single
+          user made: weight ``cross_user_weight``, user None. Two strangers' votes are weaker
+          evidence of a preference than one person comparing two answers: they may simply
+          differ in taste, or have seen the answers in different contexts.
+        """
         pairs = []
-        for (prompt_id, criterion), votes in sorted(by_prompt.items()):
-            users = voters[(prompt_id, criterion)]
-            user = next(iter(users)) if len(users) == 1 else None
-            for chosen, rejected in thumbs_pairs(votes):
-                pairs.append(PreferencePair(
-                    prompt_id, criterion, chosen, rejected, 1.0, "thumbs", user, tuple(sorted(users)),
-                    split_of(prompt_id, eval_percent),
-                ))
+        for (prompt_id, criterion), by_user in sorted(self._latest_votes(prompt_of, skipped).items()):
+            split = split_of(prompt_id, eval_percent)
+            own: set[tuple[str, str]] = set()
+            for user_id, votes in sorted(by_user.items()):
+                ups = sorted(c for c, v in votes.items() if v == "up")
+                downs = sorted(c for c, v in votes.items() if v == "down")
+                for chosen in ups:
+                    for rejected in downs:
+                        own.add((chosen, rejected))
+                        pairs.append(PreferencePair(prompt_id, criterion, chosen, rejected, 1.0,
+                                                    "thumbs", user_id, (user_id,), split))
+            marks: dict[str, list[str]] = defaultdict(list)
+            for votes in by_user.values():
+                for completion_id, vote in votes.items():
+                    marks[completion_id].append(vote)
+            users = tuple(sorted(by_user))
+            for chosen, rejected in thumbs_pairs(marks):
+                if (chosen, rejected) not in own and (rejected, chosen) not in own:
+                    pairs.append(PreferencePair(prompt_id, criterion, chosen, rejected,
+                                                cross_user_weight, "thumbs", None, users, split))
         return pairs
+
+    def votes(self, *, eval_percent: int = 10) -> list[Vote]:
+        """Each user's latest thumbs vote per completion and criterion, paired or not, with the
+        prompt's split (the same hash split as the pairs'): the reward model's pointwise targets."""
+        prompt_of = dict(self._db.execute("SELECT completion_id, prompt_id FROM completions"))
+        return [Vote(prompt_id, criterion, completion_id, user_id, vote == "up",
+                     split_of(prompt_id, eval_percent))
+                for (prompt_id, criterion), by_user in sorted(self._latest_votes(prompt_of, defaultdict(int)).items())
+                for user_id, votes in sorted(by_user.items())
+                for completion_id, vote in sorted(votes.items())]
 
     def positions(self) -> dict[str, int]:
         """Where in the event log the stored data reaches: ``"<topic>/<partition>"`` -> the
         next offset to read (every record before it is stored)."""
         rows = self._db.execute("SELECT topic, partition, next_offset FROM positions ORDER BY 1, 2")
         return {f"{topic}/{partition}": offset for topic, partition, offset in rows}
+
+    def feedback_event_ids(self) -> set[str]:
+        """The event id of every stored thumbs and ranking event (superseded ones included)."""
+        rows = self._db.execute("SELECT event_id FROM thumbs UNION SELECT event_id FROM rankings")
+        return {event_id for (event_id,) in rows}
 
     def event_count(self) -> int:
         """How many distinct events the store holds: where its data stands, for manifests."""
@@ -264,15 +326,22 @@ class DatasetStore:
         rows = self._db.execute("SELECT completion_id, messages, completion FROM completions")
         return {cid: (json.loads(messages), text) for cid, messages, text in rows if cid in wanted}
 
-    def prompts(self, split: str, *, eval_percent: int, limit: int) -> list[list[Message]]:
+    def prompts(
+        self, split: str, *, eval_percent: int, limit: int, criterion: str | None = None
+    ) -> list[list[Message]]:
         """The messages of up to ``limit`` distinct prompts of ``split``, most recently used first.
 
         Prompts are what users sent (the messages before a completion); the split is the same
-        stable hash split as the pairs', so held-out prompts never reach training.
+        stable hash split as the pairs', so held-out prompts never reach training. With
+        ``criterion``, only prompts with feedback (thumbs or a ranking) on that criterion.
         """
+        rated = "" if criterion is None else (
+            " WHERE prompt_id IN (SELECT prompt_id FROM rankings WHERE criterion = :criterion"
+            " UNION SELECT c.prompt_id FROM thumbs t JOIN completions c USING (completion_id)"
+            " WHERE t.criterion = :criterion)")
         rows = self._db.execute(
-            "SELECT prompt_id, messages FROM completions GROUP BY prompt_id"
-            " ORDER BY MAX(created_at) DESC, prompt_id"
+            f"SELECT prompt_id, messages FROM completions{rated} GROUP BY prompt_id"
+            " ORDER BY MAX(created_at) DESC, prompt_id", {"criterion": criterion}
         )
         chosen = []
         for prompt_id, messages in rows:

@@ -8,6 +8,23 @@ optional margin the reward gap must exceed (Touvron et al. 2023, Llama 2, eq. 2)
     loss = Σ_i w_i · −log σ(r_w,i − r_l,i − m_i)  /  Σ_i w_i
 
 Shapes: ``chosen``, ``rejected``, ``weight`` and ``margin`` are (B,) — one entry per pair.
+
+Thumbs votes that form no pair are evidence too. ``PointwiseRewardLoss`` reads a vote on y
+for x as a Bernoulli target, P(up | x, y) = σ(r(x, y) − b), with one learnt scalar offset b:
+
+    loss = −(1/V) Σ_j [v_j · log σ(r_j − b) + (1 − v_j) · log(1 − σ(r_j − b))]
+
+(v_j = 1 for up, 0 for down; a binary cross-entropy on the logit r_j − b). It is added to the
+pairwise loss with a weight λ (``RewardSettings.pointwise_weight``): L = L_pair + λ · L_point.
+b is learnt because Bradley–Terry fixes rewards only up to a constant: the threshold between
+"up" and "down" on that scale is unknown, and a fixed b = 0 would make the pointwise term pull
+the whole reward scale to wherever the up share puts 0. b is a training nuisance: rewards are
+normalised before use (``trainer.reward.versions.Normalisation``), so it is not stored, and
+each training run starts it at 0.
+This is the reward-model side of KTO's idea (Ethayarajh et al. 2024: unpaired desirable /
+undesirable labels against a reference point), without a policy in the loop.
+
+Shapes: ``rewards`` and ``up`` are (V,) — one entry per vote.
 """
 
 from __future__ import annotations
@@ -45,6 +62,26 @@ class PairwiseRewardLoss(nn.Module):
                 f"the pair weights sum to {float(total_weight)}; they must be positive"
             )
         return (weight * -F.logsigmoid(gap)).sum() / total_weight
+
+
+class PointwiseRewardLoss(nn.Module):
+    """Binary cross-entropy of thumbs votes against σ(r − b), b a learnt scalar (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(()))
+        """b: the reward at which up and down are equally likely."""
+
+    def forward(self, rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """(V,) rewards of voted completions and (V,) votes (1.0 up, 0.0 down) -> the scalar mean loss."""
+        if rewards.shape != up.shape or rewards.dim() != 1:
+            raise ValueError(
+                f"rewards {tuple(rewards.shape)} and up {tuple(up.shape)} must have one and the "
+                "same (V,) shape")
+        if len(rewards) == 0:
+            raise ValueError("no votes: the pointwise loss needs at least one")
+        logits = rewards - self.offset.to(rewards.dtype)  # (V,)
+        return F.binary_cross_entropy_with_logits(logits, up.to(rewards.dtype))
 
 
 @dataclass(frozen=True)

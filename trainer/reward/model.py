@@ -12,6 +12,10 @@ Two kinds, chosen by configuration (``RewardSettings``):
 A sequence is the chat-templated prompt (with the generation prompt), the completion and EOS,
 exactly what the policy sees and emits; sequences longer than ``max_length`` lose the start of
 the prompt, so the completion and its last token are always kept.
+
+The base sits on a `trainer.devices.Placement` (its dtype: bfloat16 on a GPU by default); the
+adapter and the value or score head stay float32, and the last hidden state is cast to float32
+before the value head, so rewards are float32.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from trainer.config import RewardSettings
+from trainer.devices import CPU, Placement, enable_gradient_checkpointing, keep_trainable_float32
 from trainer.heads import load_value_head, save_value_head
 
 REWARD_ADAPTER = "reward"
@@ -74,6 +79,11 @@ class RewardModel(nn.Module):
         self.value_head = value_head
         self.kind = kind
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model is, and so where its batches go."""
+        return next(self.backbone.parameters()).device
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B,) rewards."""
         with self._reward_adapter_active():
@@ -92,7 +102,7 @@ class RewardModel(nn.Module):
             ).last_hidden_state  # (B, T, H)
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             last_hidden = hidden[rows, last_token_index(attention_mask)]  # (B, H)
-            return self.value_head(last_hidden).squeeze(-1)  # (B,)
+            return self.value_head(last_hidden.to(self.value_head.weight.dtype)).squeeze(-1)  # (B,)
 
     @contextmanager
     def _reward_adapter_active(self) -> Iterator[None]:
@@ -129,7 +139,9 @@ class RewardModel(nn.Module):
             save_value_head(self.value_head, folder)
 
     @classmethod
-    def create(cls, model_path: Path, kind: ModelKind, settings: RewardSettings) -> RewardModel:
+    def create(
+        cls, model_path: Path, kind: ModelKind, settings: RewardSettings, placement: Placement = CPU
+    ) -> RewardModel:
         """A fresh adapter (and value head) on the frozen model at ``model_path``."""
         lora = LoraConfig(
             r=settings.lora_rank,
@@ -140,23 +152,37 @@ class RewardModel(nn.Module):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            base = _load_base(model_path, kind)
+            base = _load_base(model_path, kind, placement)
             backbone = get_peft_model(base, lora, adapter_name=REWARD_ADAPTER)
             value_head = _new_value_head(base.config.hidden_size) if kind == "value_head" else None
-        return cls(backbone, value_head, kind)
+        return cls._placed(backbone, value_head, kind, placement)
 
     @classmethod
     def load(
-        cls, version_dir: Path, model_path: Path, kind: ModelKind, *, trainable: bool
+        cls, version_dir: Path, model_path: Path, kind: ModelKind, *, trainable: bool,
+        placement: Placement = CPU,
     ) -> RewardModel:
         """The model saved in ``version_dir`` on a fresh copy of the base at ``model_path``."""
         backbone = PeftModel.from_pretrained(
-            _load_base(model_path, kind), str(version_dir / REWARD_ADAPTER),
+            _load_base(model_path, kind, placement), str(version_dir / REWARD_ADAPTER),
             adapter_name=REWARD_ADAPTER, is_trainable=trainable,
         )
         value_head = load_value_head(version_dir) if kind == "value_head" else None
         if value_head is not None:
             value_head.requires_grad_(trainable)
+        return cls._placed(backbone, value_head, kind, placement)
+
+    @classmethod
+    def _placed(
+        cls, backbone: PeftModel, value_head: nn.Linear | None, kind: ModelKind, placement: Placement
+    ) -> RewardModel:
+        """The model with its head on the base's device, every trainable tensor float32, and
+        gradient checkpointing on where the placement asks for it."""
+        if value_head is not None:
+            value_head.to(placement.device)
+        keep_trainable_float32(backbone)  # a classifier's score head (modules_to_save) in bf16
+        if placement.gradient_checkpointing:
+            enable_gradient_checkpointing(backbone.get_base_model())
         return cls(backbone, value_head, kind)
 
     @classmethod
@@ -164,17 +190,19 @@ class RewardModel(nn.Module):
         """The saved ``value_head`` reward model as a frozen ``reward`` adapter inside
         ``peft_model`` (e.g. the PPO policy's), sharing its base weights."""
         peft_model.load_adapter(str(version_dir / REWARD_ADAPTER), adapter_name=REWARD_ADAPTER)
-        value_head = load_value_head(version_dir)
+        value_head = load_value_head(version_dir).to(next(peft_model.parameters()).device)
         value_head.requires_grad_(False)
         return cls(peft_model, value_head, "value_head")
 
 
-def _load_base(model_path: Path, kind: ModelKind) -> nn.Module:
+def _load_base(model_path: Path, kind: ModelKind, placement: Placement) -> nn.Module:
     if kind == "sequence_classifier":
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(model_path), num_labels=1, dtype=torch.float32
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_path), num_labels=1, dtype=placement.dtype
         )
-    return AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=placement.dtype)
+    return model.to(placement.device)
 
 
 def _new_value_head(hidden_size: int) -> nn.Linear:

@@ -18,6 +18,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from trainer.config import RewardSettings
+from trainer.devices import CPU, Placement
 from trainer.reward.model import Message, RewardModel, encode
 from trainer.tokens import load_tokenizer
 from trainer.reward.train import rewards_of
@@ -51,9 +52,11 @@ class RewardScorer:
         version: int | None = None,
         *,
         share_base_with: PeftModel | None = None,
+        placement: Placement = CPU,
     ) -> RewardScorer:
         """The stored ``version`` (default: the latest). With ``share_base_with``, its adapter is
-        loaded into that PeftModel (which must hold the same base model) instead of a new copy."""
+        loaded into that PeftModel (which must hold the same base model) instead of a new copy,
+        on that model's device; otherwise the copy goes to ``placement``."""
         store = RewardModelStore(settings.store_dir)
         version = version if version is not None else store.latest()
         if version is None:
@@ -68,7 +71,7 @@ class RewardScorer:
                                  "value_head reward model can share the policy's base weights")
             model = RewardModel.attach(share_base_with, folder)
         else:
-            model = RewardModel.load(folder, model_path, manifest.kind, trainable=False)
+            model = RewardModel.load(folder, model_path, manifest.kind, trainable=False, placement=placement)
         return cls(model, load_tokenizer(model_path, padding_side="right"), manifest.normalisation,
                    version=version, max_length=manifest.training.max_length)
 

@@ -7,6 +7,7 @@ parent, the base model and its checksum, the reward normalisation, metrics, data
 training settings and the SHA-256 of every file. Versions are numbered 1, 2, ...; a folder is
 written under a temporary name and renamed into place under a lock, so readers never see a
 half-written version and two writers never take the same number. Versions are never changed.
+A refresh that was worse than its parent is not stored; it is a line of ``refused.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trainer.reward.model import ModelKind
 
 MANIFEST = "manifest.json"
 PAIR_KEYS = "pairs.txt"
+REFUSALS = "refused.jsonl"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class RewardTrainingData(BaseModel):
     new_pairs: int
     """Training pairs its parent had not seen (all of them for a first version)."""
     eval_pairs: int
+    """Held-out pairs, or held-out vote comparisons where pairs were too few (``refresh``)."""
+    train_votes: int = 0
+    """Thumbs votes on training prompts behind the pointwise term (0 when it is off)."""
+    new_votes: int = 0
+    """Training votes its parent had not seen."""
     train_prompts: int
     criteria: list[str]
     eval_percent: float
@@ -78,6 +85,8 @@ class RewardTraining(BaseModel):
     weight_decay: float
     batch_size: int
     margin: float
+    pointwise_weight: float = 0.0
+    """λ of the pointwise vote term (0 for versions from before it existed)."""
     max_length: int
     """Tokens per sequence the model was trained on; the scorer encodes with the same."""
     seed: int
@@ -111,6 +120,23 @@ class RewardModelManifest(RewardModelDraft):
     """SHA-256 of every file of the version folder (the manifest aside), by relative path."""
 
 
+class RewardModelRefusal(BaseModel):
+    """A refreshed version that was not stored, and why (a line of ``refused.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    parent_version: int
+    train_pairs: int
+    eval_pairs: int
+    eval_accuracy: float
+    parent_eval_accuracy: float
+    """The parent's accuracy on the same held-out pairs, measured before the refresh."""
+    loss_lower_bound: float
+    """Lower confidence bound of the accuracy lost (parent − refreshed), share of pairs."""
+    reason: str
+
+
 class RewardModelStore:
     """The reward-model versions under one folder."""
 
@@ -137,8 +163,20 @@ class RewardModelStore:
         return RewardModelManifest.model_validate_json((self.path(version) / MANIFEST).read_bytes())
 
     def trained_pair_keys(self, version: int) -> set[str]:
-        """Keys of the pairs ``version`` was trained on."""
+        """Keys of the pairs (and thumbs votes, ``refresh.vote_key``) ``version`` was trained on."""
         return set((self.path(version) / PAIR_KEYS).read_text().split())
+
+    def record_refusal(self, refusal: RewardModelRefusal) -> None:
+        """Append a refused refresh to ``refused.jsonl``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.root / ".lock"), (self.root / REFUSALS).open("a") as f:
+            f.write(refusal.model_dump_json() + "\n")
+
+    def last_refusal(self) -> RewardModelRefusal | None:
+        """The latest refused refresh, or None."""
+        path = self.root / REFUSALS
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return RewardModelRefusal.model_validate_json(lines[-1]) if lines else None
 
     def publish(
         self,

@@ -14,6 +14,9 @@ one response y_i ~ π_θ(·|x_i) per prompt and returns, per response,
 `reference_rewards` samples the reference (the deployed adapter, or the base) on the same
 prompts through its own adapter and scores those responses the same way: the other side of a
 paired comparison.
+
+The figures come back on the CPU in float32 (logits are cast before the temperature and the
+log-softmax), whatever device and dtype the stack computes in.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class PolicyEvaluation:
     """(N,) Σ_t exact KL(π_θ ‖ π_ref) over response i's tokens, nats."""
     kl_to_base: torch.Tensor
     """(N,) Σ_t exact KL(π_θ ‖ π_base), nats: the drift from the base over every round."""
+    responses: tuple[str, ...]
+    """The N sampled responses, in the order of the prompts."""
+    ended: torch.Tensor
+    """(N,) bool: did response i end (EOS) before the token limit?"""
 
     @property
     def reward_mean(self) -> float:
@@ -74,8 +81,8 @@ def penalise_truncated(scores: torch.Tensor, ended: torch.Tensor, penalty: float
 
 
 def _scored(rollout: Rollout, reward_fn: RewardFn, spec: SamplingSpec) -> torch.Tensor:
-    scores = reward_fn(rollout.prompts, rollout.responses).float()
-    return penalise_truncated(scores, rollout.ended, spec.missing_eos_penalty)
+    scores = reward_fn(rollout.prompts, rollout.responses).float().cpu()
+    return penalise_truncated(scores, rollout.ended.cpu(), spec.missing_eos_penalty)
 
 
 @torch.no_grad()
@@ -85,22 +92,25 @@ def evaluate_policy(
 ) -> PolicyEvaluation:
     """Sample `stack`'s policy once per prompt; rewards and exact KL to reference and base."""
     stack.peft_model.eval()
-    rewards, to_reference, to_base = [], [], []
+    rewards, to_reference, to_base, responses, ended = [], [], [], [], []
     for start in range(0, len(prompts), spec.batch_size):
         rollout = sample_rollout(stack, prompts[start : start + spec.batch_size],
                                  max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
                                  max_prompt_tokens=spec.max_prompt_tokens, merged=merged)
         rewards.append(_scored(rollout, reward_fn, spec))
+        responses += rollout.responses
+        ended.append(rollout.ended.cpu())
         layout = (rollout.input_ids, rollout.attention_mask, rollout.prompt_width)
-        logits = stack.policy_outputs(*layout)[0] / spec.temperature
-        reference = stack.reference_logits(*layout) / spec.temperature
-        to_reference.append((exact_token_kl(logits, reference) * rollout.response_mask).sum(1))
+        logits = stack.policy_outputs(*layout)[0].float() / spec.temperature
+        reference = stack.reference_logits(*layout).float() / spec.temperature
+        to_reference.append((exact_token_kl(logits, reference) * rollout.response_mask).sum(1).cpu())
         if stack.reference_adapter is None:  # the reference is the base itself
             to_base.append(to_reference[-1])
         else:
-            base = stack.base_logits(*layout) / spec.temperature
-            to_base.append((exact_token_kl(logits, base) * rollout.response_mask).sum(1))
-    return PolicyEvaluation(torch.cat(rewards), torch.cat(to_reference), torch.cat(to_base))
+            base = stack.base_logits(*layout).float() / spec.temperature
+            to_base.append((exact_token_kl(logits, base) * rollout.response_mask).sum(1).cpu())
+    return PolicyEvaluation(torch.cat(rewards), torch.cat(to_reference), torch.cat(to_base),
+                            tuple(responses), torch.cat(ended))
 
 
 @torch.no_grad()

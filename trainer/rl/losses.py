@@ -133,11 +133,15 @@ def dpo_loss(
     ref_chosen_logprobs: torch.Tensor,
     ref_rejected_logprobs: torch.Tensor,
     beta: float,
+    weights: torch.Tensor | None = None,
 ) -> DPOLoss:
-    """Mean L_DPO over B pairs from (B,) sequence log-probabilities of winner and loser."""
+    """Mean L_DPO over B pairs from (B,) sequence log-probabilities of winner and loser;
+    with (B,) ``weights`` w ≥ 0 the weighted mean Σ w_i ℓ_i / Σ w_i (0, with no gradient, when
+    every weight is 0)."""
     chosen = beta * (chosen_logprobs - ref_chosen_logprobs)
     rejected = beta * (rejected_logprobs - ref_rejected_logprobs)
-    loss = -F.logsigmoid(chosen - rejected).mean()
+    per_pair = -F.logsigmoid(chosen - rejected)
+    loss = per_pair.mean() if weights is None else (weights * per_pair).sum() / weights.sum().clamp_min(1e-12)
     return DPOLoss(loss, chosen.detach(), rejected.detach())
 
 

@@ -13,6 +13,10 @@ one `PeftModel`, so the base weights exist once in memory:
 With ``share_base=False`` the reference is a separate copy of the base with the deployed
 adapter merged into it, as most RLHF code keeps it; it exists to measure what sharing saves.
 
+Everything lives on one `trainer.devices.Placement`: the base in its dtype (bfloat16 on a GPU
+by default), the adapters and the value head in float32; hidden states are cast to float32
+before the value head, logits before any log-softmax.
+
 Sequences are laid out as a left-padded prompt block of width P followed by a right-padded
 response block of width T; the logits and values for response token t are read at position
 P − 1 + t (the state before the token).
@@ -33,6 +37,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from trainer.devices import CPU, Placement, enable_gradient_checkpointing
 from trainer.heads import VALUE_HEAD_FILE, load_value_head, save_value_head
 from trainer.tokens import load_tokenizer
 
@@ -58,14 +63,14 @@ def causal_lm_outputs(
     """Logits (B, T, V) and optional values (B, T) for the T tokens after the prompt block.
 
     `model` is a causal LM with ``.model`` (the decoder) and ``.lm_head``; the LM head runs on
-    the response positions only.
+    the response positions only. Logits come in the model's dtype, values in the head's.
     """
     hidden = model.model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
         use_cache=False,
     ).last_hidden_state[:, prompt_width - 1 : -1]  # (B, T, H)
     logits = model.lm_head(hidden)
-    values = value_head(hidden).squeeze(-1) if value_head is not None else None
+    values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1) if value_head is not None else None
     return logits, values
 
 
@@ -89,6 +94,13 @@ class PolicyStack:
     """Adapter of `peft_model` that is the reference; None: the base (adapters disabled)."""
     separate_reference: PreTrainedModel | None = None
     """A separate reference model (``share_base=False``); then `reference_adapter` is unused."""
+    placement: Placement = CPU
+    """Device and base dtype of every model of the stack."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stack's models are, and so where its batches go."""
+        return self.placement.device
 
     @property
     def decoder(self) -> PreTrainedModel:
@@ -157,7 +169,8 @@ class PolicyStack:
             for module in layers:
                 if POLICY_ADAPTER in module.lora_A:
                     base = module.get_base_layer()
-                    merged = base.weight + module.get_delta_weight(POLICY_ADAPTER)
+                    # ΔW is float32 (the adapter's dtype); the merged copy takes the base's.
+                    merged = (base.weight + module.get_delta_weight(POLICY_ADAPTER)).to(base.weight.dtype)
                     swapped.append((base, base.weight))
                     base.weight = nn.Parameter(merged, requires_grad=False)
         try:
@@ -183,11 +196,11 @@ class PolicyStack:
         save_value_head(self.value_head, out_dir)
 
 
-def load_frozen_base(model_dir: Path) -> PreTrainedModel:
-    """The base causal LM in float32, eval mode, every weight frozen."""
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+def load_frozen_base(model_dir: Path, placement: Placement = CPU) -> PreTrainedModel:
+    """The base causal LM on the placement's device and in its dtype, eval mode, every weight frozen."""
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=placement.dtype)
     model.requires_grad_(False)
-    return model.eval()
+    return model.to(placement.device).eval()
 
 
 def load_policy_stack(
@@ -197,13 +210,15 @@ def load_policy_stack(
     *,
     share_base: bool = True,
     seed: int = 0,
+    placement: Placement = CPU,
 ) -> PolicyStack:
     """Policy, reference and value head for a round whose reference is `deployed_adapter`.
 
     The policy starts as a trainable copy of the deployed adapter (with its saved value head, if
     any) or, on the first round, as a fresh LoRA adapter (`config`) that leaves the base unchanged.
+    PEFT keeps the adapters in float32 over a bfloat16 or float16 base (``autocast_adapter_dtype``).
     """
-    base = load_frozen_base(base_dir)
+    base = load_frozen_base(base_dir, placement)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if deployed_adapter is None:
@@ -217,9 +232,12 @@ def load_policy_stack(
         nn.init.zeros_(value_head.bias)
     if deployed_adapter is not None and (deployed_adapter / VALUE_HEAD_FILE).is_file():
         value_head.load_state_dict(load_value_head(deployed_adapter).state_dict())
+    value_head.to(placement.device)
+    if placement.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
     reference_adapter, separate = None, None
     if not share_base:
-        separate = load_frozen_base(base_dir)
+        separate = load_frozen_base(base_dir, placement)
         if deployed_adapter is not None:
             separate = PeftModel.from_pretrained(separate, str(deployed_adapter)).merge_and_unload()
             separate.requires_grad_(False)
@@ -228,4 +246,4 @@ def load_policy_stack(
         reference_adapter = REFERENCE_ADAPTER
     peft_model.set_adapter(POLICY_ADAPTER)
     return PolicyStack(peft_model, value_head, load_tokenizer(base_dir, padding_side="left"),
-                       reference_adapter, separate)
+                       reference_adapter, separate, placement)

@@ -14,13 +14,18 @@ One iteration (`PPOTrainer.iteration`), after Ziegler et al. (2019) and CleanRL'
 5. β follows the adaptive controller (or stays fixed); metrics go to the run record.
 
 The reward is any `RewardFn`: the reward model plugs in as one; tests use synthetic rewards.
+
+The batches live on the stack's device (`trainer.devices`); logits are cast to float32 before
+the temperature and every log-softmax, so log-probabilities, KL, GAE and the losses are float32
+whatever the base dtype. A mini-batch runs in micro-batches (``micro_batch_size``) that halve
+on a GPU out-of-memory error (`trainer.devices.ShrinkingMicroBatch`): the same update.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -28,6 +33,7 @@ from typing import Any, Protocol
 import torch
 
 from trainer.config import PPOSettings
+from trainer.devices import ShrinkingMicroBatch, checkpointing_active
 from trainer.rl.advantages import gae
 from trainer.rl.evaluation import RewardFn, penalise_truncated
 from trainer.rl.kl import AdaptiveKLController, FixedKLController, kl_estimate, shaped_rewards
@@ -98,20 +104,31 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(stack.trainable_parameters(), lr=settings.learning_rate,
                                            weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        self.micro_batch = ShrinkingMicroBatch(
+            settings.micro_batch_size or settings.rollout_batch_size, minimum=1, unit="responses",
+            advice="shorten HHH_PPO_MAX_NEW_TOKENS or HHH_PPO_MAX_PROMPT_TOKENS, set "
+            "HHH_TRAINER_GRADIENT_CHECKPOINTING=true, or use a GPU with more memory")
         self.iterations_done = 0
         self.sample: RolloutSampler = (
             VLLMRolloutSampler(settings.rollout_engine_url) if settings.rollout_engine_url
             else partial(sample_rollout, merged=settings.merge_for_rollout)
         )
 
-    def train(self, prompts: Sequence[Conversation], iterations: int) -> list[dict[str, Any]]:
-        """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass)."""
+    def train(self, prompts: Sequence[Conversation], iterations: int, *,
+              pause: Callable[[str], object] | None = None) -> list[dict[str, Any]]:
+        """Run `iterations` iterations on batches drawn without replacement (reshuffled per pass).
+
+        ``pause``: called before each iteration with its name (`trainer.chat_yield`: wait while
+        chat traffic is high).
+        """
         size = self.settings.rollout_batch_size
         if len(prompts) < size:
             raise ValueError(f"{len(prompts)} prompts are fewer than rollout_batch_size={size}")
         order: list[int] = []
         history = []
-        for _ in range(iterations):
+        for number in range(1, iterations + 1):
+            if pause is not None:
+                pause(f"PPO iteration {number}")
             if len(order) < size:
                 order += torch.randperm(len(prompts), generator=self.generator).tolist()
             batch, order = order[:size], order[size:]
@@ -124,8 +141,9 @@ class PPOTrainer:
         started = time.perf_counter()
         self.stack.peft_model.eval()
         rollout = self.sample(self.stack, prompts, max_new_tokens=s.max_new_tokens,
-                              temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens)
-        scores = self.reward_fn(rollout.prompts, rollout.responses).detach().float()
+                              temperature=s.temperature, max_prompt_tokens=s.max_prompt_tokens
+                              ).to(self.stack.device)
+        scores = self.reward_fn(rollout.prompts, rollout.responses).detach().float().to(self.stack.device)
         if scores.shape != (len(prompts),):
             raise ValueError(f"the reward function returned shape {tuple(scores.shape)}; "
                              f"expected ({len(prompts)},), one score per response")
@@ -148,6 +166,7 @@ class PPOTrainer:
             "truncated_share": (~rollout.ended).float().mean().item(),
             "explained_variance": explained_variance(batch.values, batch.returns, batch.mask),
             **update,
+            "micro_batch_size": self.micro_batch.size,
             "rollout_s": rollout_s,
             "samples_per_s": len(prompts) / elapsed,
         }
@@ -162,10 +181,10 @@ class PPOTrainer:
         for rows in self._minibatches(len(rollout.prompts), shuffle=False):
             ids, attn = rollout.input_ids[rows], rollout.attention_mask[rows]
             logits, vals = self.stack.policy_outputs(ids, attn, rollout.prompt_width)
-            logprobs.append(token_logprobs(logits / s.temperature, rollout.response_ids[rows]))
+            logprobs.append(token_logprobs(logits.float() / s.temperature, rollout.response_ids[rows]))
             values.append(vals)
             ref_logits = self.stack.reference_logits(ids, attn, rollout.prompt_width)
-            ref_logprobs.append(token_logprobs(ref_logits / s.temperature, rollout.response_ids[rows]))
+            ref_logprobs.append(token_logprobs(ref_logits.float() / s.temperature, rollout.response_ids[rows]))
         mask = rollout.response_mask
         old_logprobs, old_values = torch.cat(logprobs), torch.cat(values) * mask
         kl = kl_estimate(old_logprobs, torch.cat(ref_logprobs), s.kl_estimator) * mask
@@ -210,24 +229,31 @@ class PPOTrainer:
         """
         s = self.settings
         tokens = batch.mask[rows].sum()
-        totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), 0.0)
+
+        def accumulate(size: int) -> dict[str, float]:
+            totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"), 0.0)
+            for micro in rows.split(size):
+                share = batch.mask[micro].sum() / tokens
+                logits, values = self.stack.policy_outputs(batch.input_ids[micro],
+                                                           batch.attention_mask[micro], batch.prompt_width)
+                logits = logits.float() / s.temperature
+                loss = ppo_loss(
+                    logits, token_logprobs(logits, batch.response_ids[micro]), values,
+                    batch.logprobs[micro], batch.values[micro], batch.advantages[micro],
+                    batch.returns[micro], batch.mask[micro], clip_eps=s.clip_eps,
+                    value_clip_eps=s.value_clip_eps, value_coef=s.value_coef, entropy_coef=s.entropy_coef,
+                )
+                (loss.total * share).backward()
+                for name, value in (("policy_loss", loss.policy), ("value_loss", loss.value),
+                                    ("entropy", loss.entropy), ("clip_fraction", loss.clip_fraction),
+                                    ("approx_kl", loss.approx_kl)):
+                    totals[name] += (value.detach() * share).item()
+            return totals
+
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in rows.split(s.micro_batch_size or len(rows)):
-            share = batch.mask[micro].sum() / tokens
-            logits, values = self.stack.policy_outputs(batch.input_ids[micro],
-                                                       batch.attention_mask[micro], batch.prompt_width)
-            logits = logits / s.temperature
-            loss = ppo_loss(
-                logits, token_logprobs(logits, batch.response_ids[micro]), values,
-                batch.logprobs[micro], batch.values[micro], batch.advantages[micro],
-                batch.returns[micro], batch.mask[micro], clip_eps=s.clip_eps,
-                value_clip_eps=s.value_clip_eps, value_coef=s.value_coef, entropy_coef=s.entropy_coef,
-            )
-            (loss.total * share).backward()
-            for name, value in (("policy_loss", loss.policy), ("value_loss", loss.value),
-                                ("entropy", loss.entropy), ("clip_fraction", loss.clip_fraction),
-                                ("approx_kl", loss.approx_kl)):
-                totals[name] += (value.detach() * share).item()
+        with checkpointing_active(self.stack.decoder):
+            totals = self.micro_batch.run(
+                accumulate, discard=lambda: self.optimizer.zero_grad(set_to_none=True))
         torch.nn.utils.clip_grad_norm_(self.stack.trainable_parameters(), s.max_grad_norm)
         self.optimizer.step()
         return totals

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,15 @@ class Rollout:
     sampler_logprobs: torch.Tensor | None = None
     """(B, T) log-probabilities of the sampled tokens as the sampler drew them (after every
     logits processor it applied), when asked for; only to check that sampling equals scoring."""
+
+    def to(self, device: torch.device) -> Rollout:
+        """This rollout with its tensors on ``device`` (itself if they are there already)."""
+        if self.input_ids.device == device:
+            return self
+        moved = {name: getattr(self, name).to(device) for name in
+                 ("input_ids", "attention_mask", "response_ids", "response_mask")}
+        sampler = self.sampler_logprobs.to(device) if self.sampler_logprobs is not None else None
+        return dataclasses.replace(self, **moved, sampler_logprobs=sampler)
 
     @property
     def ended(self) -> torch.Tensor:
@@ -105,6 +115,7 @@ def sample_rollout(
     """
     tokenizer = stack.tokenizer
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens)
+    prompt_ids, prompt_mask = prompt_ids.to(stack.device), prompt_mask.to(stack.device)
     with stack.merged_policy() if merged else nullcontext(), pure_sampling(stack.decoder, tokenizer):
         output = stack.peft_model.generate(
             input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,

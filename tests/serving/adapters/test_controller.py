@@ -25,9 +25,7 @@ from serving.adapters.config import AdapterSettings
 from serving.adapters.publish import announce, publish_adapter
 from serving.adapters.store import AdapterStore, Manifest
 from serving.engine import EngineProcess
-from streams.codec import ADAPTERS
 from streams.config import KafkaSettings
-from streams.events import AdapterPublishedEvent
 from streams.kafka_log import KafkaEventLog
 from streams.log import EventLog
 from tests.fixtures.event_logs import open_log
@@ -312,6 +310,24 @@ def test_a_restarted_gateway_serves_the_latest_versions(rig: Rig, adapters: dict
         "hhh-restarted-base", "hhh-restarted-global-v2", "hhh-restarted-user-ann-v1"}
 
 
+def test_adapters_an_engine_lost_are_loaded_again(rig: Rig, adapters: dict[str, Path]) -> None:
+    """A restarted engine holds no adapters (here: unloaded behind the gateway's back, the same
+    state without the cost of a restart): the controller loads the live ones again, and the
+    users they serve get them, not an error, for good."""
+    gateway = rig.start("lost")
+    rig.publish(adapters["a"])
+    wait_served(gateway.url, "ann", "global@1")
+    held = rig.engine_adapters()
+    assert held == {"hhh-lost-base", "hhh-lost-global-v1"}
+    for name in held:
+        httpx.post(f"{rig.engine.url}/v1/unload_lora_adapter", json={"lora_name": name}).raise_for_status()
+    assert rig.engine_adapters() == set()
+
+    rig.wait_engine_adapters(held)  # within one restore interval (5 s by default)
+    assert served_by(gateway.url, "ann") == "global@1"
+    assert chat(gateway.url, "bob").status_code == 200
+
+
 def test_two_replicas_both_swap(rig: Rig, adapters: dict[str, Path]) -> None:
     replicas = [rig.start("east"), rig.start("west")]
     rig.publish(adapters["a"])
@@ -378,15 +394,37 @@ def test_more_user_adapters_than_the_engine_holds_are_evicted_and_reloaded_on_de
 @pytest.mark.vllm
 @pytest.mark.kafka
 def test_an_event_the_controller_cannot_apply_never_stops_it_swapping(rig: Rig, adapters: dict[str, Path]) -> None:
-    """An adapters event for a scope no store can hold (``user:..``) fails on its own; the same
-    replica goes on to swap in the next good version, and /readyz names the failure."""
+    """An adapters event whose scope's state the store cannot read (a torn ``state.json`` on a
+    shared filesystem) fails on its own; the same replica goes on to swap in the next good
+    version, and /readyz names the failure. (An event for ``user:..`` no longer gets this far:
+    its schema refuses it, so it is a dead letter.)"""
     running = rig.start("r1")
-    good = rig.publish(adapters["a"])
-    rig.event_log.publish(ADAPTERS, "user:..", AdapterPublishedEvent(
-        scope="user:..", version=1, path=str(rig.store.path("global", good.version)),
-        sha256="0" * 64, base_model=good.base_model))
-    rig.event_log.flush()
+    rig.publish(adapters["a"])
+    broken = rig.store.publish(adapters["a"], "user:zed", base_model=rig.base_model_dir)
+    (rig.store.root / "user" / "zed" / "state.json").write_text('{"current": ')
+    announce(rig.event_log, rig.store, broken)
     second = rig.publish(adapters["b"])
     wait_served(running.url, "ann", f"global@{second.version}")
     ready = httpx.get(f"{running.url}/readyz").json()
-    assert "user:..@1" in ready["adapters"]["last_error"], ready
+    assert "user:zed@1" in ready["adapters"]["last_error"], ready
+
+
+def test_the_engine_loads_the_verified_bytes_not_the_folder_as_it_is_later(
+    rig: Rig, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after the check the version's folder gets an untrained adapter's weights (LoRA B = 0:
+    it would serve the base model, so the canary would refuse it): the engine still loads what
+    was verified, and the version is served."""
+    verify = AdapterStore.verify
+
+    def verify_then_swap_the_weights(store: AdapterStore, manifest: Manifest, *args: object, **kwargs: object) -> Path:
+        checked = verify(store, manifest, *args, **kwargs)
+        weights = store.path(manifest.scope, manifest.version) / "adapter_model.safetensors"
+        weights.write_bytes((adapters["untrained"] / "adapter_model.safetensors").read_bytes())
+        return checked
+
+    monkeypatch.setattr(AdapterStore, "verify", verify_then_swap_the_weights)
+    running = rig.start("copy")
+    manifest = rig.publish(adapters["a"])
+    wait_served(running.url, "ann", f"global@{manifest.version}")
+    assert running.gateway.adapters is not None and running.gateway.adapters.refused == {}

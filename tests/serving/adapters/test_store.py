@@ -102,7 +102,7 @@ def test_publish_refuses_what_cannot_serve_and_stores_nothing(
     assert refused.value.reason == "not_lora"
     with pytest.raises(ValueError, match="scope 'everyone' is not"):
         store.publish(adapters["a"], "everyone", base_model=tiny_model_dir)
-    with pytest.raises(ValueError, match="user id '..' is not allowed"):
+    with pytest.raises(ValueError, match="user id '..' is only dots"):
         store.publish(adapters["a"], "user:..", base_model=tiny_model_dir)
     assert store.list() == []
     # An adapter of another base model publishes fine against that base, and is refused on ours.
@@ -133,6 +133,92 @@ def test_verify_refuses_corrupted_missing_and_oversized(
     with pytest.raises(AdapterRefused, match="lacks") as refused:
         store.verify(manifest, tiny_model_dir)
     assert refused.value.reason == "missing_file"
+
+
+@pytest.mark.parametrize(
+    ("plant", "reason", "message"),
+    [
+        (lambda folder, _: (folder / "extra.json").symlink_to("/etc/passwd"), "unsafe_file",
+         "extra.json is a symbolic link"),
+        (lambda folder, _: (folder / "nested").symlink_to(folder.parent), "unsafe_file",
+         "nested is a symbolic link"),
+        (lambda folder, _: (folder / "adapter_model.bin").write_bytes(b"\x80\x04pickle"), "pickled_weights",
+         "adapter_model.bin is a pickle"),
+        (lambda folder, _: (folder / "optimizer.pt").write_bytes(b"\x80\x04"), "pickled_weights", "optimizer.pt"),
+        (lambda folder, _: (folder / "state.pkl").write_bytes(b"\x80\x04"), "pickled_weights", "state.pkl"),
+        (lambda folder, _: os.mkfifo(folder / "pipe"), "unsafe_file", "pipe is not a plain file"),
+    ],
+    ids=["file-symlink", "folder-symlink", "bin", "pt", "pkl", "fifo"],
+)
+def test_symlinks_special_files_and_pickled_weights_are_refused_at_publish_and_verify(
+    adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path, plant, reason: str, message: str,  # noqa: ANN001
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(adapters["a"], source)
+    plant(source, tmp_path)
+    store = AdapterStore(tmp_path / "store")
+    with pytest.raises(AdapterRefused, match=message) as refused:
+        store.publish(source, "global", base_model=tiny_model_dir)
+    assert refused.value.reason == reason and store.list() == []
+
+    manifest = store.publish(adapters["a"], "global", base_model=tiny_model_dir)
+    plant(store.path("global", manifest.version), tmp_path)  # planted in the store afterwards
+    with pytest.raises(AdapterRefused, match=message) as refused:
+        store.verify(manifest, tiny_model_dir)
+    assert refused.value.reason == reason
+
+
+def test_only_safetensors_weights_are_served(adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(adapters["a"], source)
+    (source / "adapter_model.safetensors").rename(source / "adapter_model.weights")
+    with pytest.raises(AdapterRefused, match="has no adapter_model.safetensors") as refused:
+        AdapterStore(tmp_path / "store").publish(source, "global", base_model=tiny_model_dir)
+    assert refused.value.reason == "not_lora"
+
+
+def test_verify_returns_a_private_copy_of_the_verified_bytes(
+    adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = AdapterStore(tmp_path / "store")
+    manifest = store.publish(adapters["a"], "global", base_model=tiny_model_dir)
+    original = store.path("global", manifest.version)
+    copy = store.verify(manifest, tiny_model_dir)
+    assert copy.parent == store.root / ".verified" and copy != original
+    assert {name: sha256_file(copy / name) for name in manifest.files} == manifest.files
+    assert sorted(p.name for p in copy.iterdir()) == sorted(manifest.files)
+    assert all((copy / name).stat().st_mode & 0o222 == 0 for name in manifest.files)  # read-only
+
+    assert store.verify(manifest, tiny_model_dir) == copy  # made once per content, checked again
+
+    weights = original / "adapter_model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:-8] + b"\0" * 8)  # the folder changes after the check
+    assert sha256_file(copy / "adapter_model.safetensors") == manifest.files["adapter_model.safetensors"]
+    with pytest.raises(AdapterRefused, match="does not match its sha256"):
+        store.verify(manifest, tiny_model_dir)  # and the next check sees it
+
+    weights.write_bytes(intact)
+    (copy / "adapter_model.safetensors").chmod(0o644)
+    (copy / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(AdapterRefused, match="its verified copy .* was changed") as refused:
+        store.verify(manifest, tiny_model_dir)
+    assert refused.value.reason == "checksum_mismatch"
+
+
+def test_non_finite_metrics_are_refused_at_publish(adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path / "store")
+    for value in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="metrics must be finite numbers"):
+            store.publish(adapters["a"], "global", base_model=tiny_model_dir, metrics={"kl": value})
+    assert store.list() == []
+    refused = hhh("adapters", "publish", str(adapters["a"]), "--scope", "global", "--metric", "reward=nan",
+                  home=tmp_path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "--metric 'reward=nan' must be a finite number" in refused.stderr
+    assert AdapterStore(tmp_path / "adapters").list() == []
+    with SqliteEventLog(tmp_path / "events.db") as event_log, event_log.consumer(None, [ADAPTERS]) as reader:
+        assert reader.poll(timeout_s=0.2) == []
 
 
 def test_rollback_pin_and_unpin(adapters: dict[str, Path], tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from serving.web.labeling import LabelingQueue, LabelingSettings
+from serving.config import LabelingSettings
+from serving.web.labeling import LabelingQueue
 from streams.events import AdapterRef, ChatMessage, CompletionEvent, RankingFeedback, SamplingParams
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()

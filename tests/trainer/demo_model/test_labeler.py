@@ -11,7 +11,15 @@ from streams.events import RankingFeedback
 from tests.fixtures.gateway import RunningGateway
 from tests.serving.test_gateway import logged
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name, preferred_style
-from trainer.demo_model.labeler import constitution_score, label, rank
+from trainer.demo_model.labeler import (
+    constitution_score,
+    is_insulting,
+    is_rambling,
+    is_refusal,
+    is_warm,
+    label,
+    rank,
+)
 
 
 def test_the_constitution_prefers_what_the_corpus_labelers_prefer() -> None:
@@ -27,6 +35,17 @@ def test_the_constitution_prefers_what_the_corpus_labelers_prefer() -> None:
         assert mean["rude"] < mean.get("polite", mean["refusal"]), (intent, mean)
         if intent_by_name(intent).category != "harmful":
             assert mean["polite"] > mean["curt"] > mean["rude"], (intent, mean)
+
+
+def test_the_style_detectors_recognise_every_corpus_style() -> None:
+    """What bench/loop.py's simulated users go by: each style shows the markers it is made of,
+    and a terse answer none of them (a refusal may offer help warmly instead)."""
+    expected = {"polite": [{"warm"}], "caveat": [{"warm"}], "curt": [set()], "rude": [{"insulting"}],
+                "rambling": [{"rambling"}], "refusal": [{"refusal"}, {"refusal", "warm"}]}
+    detectors = {"warm": is_warm, "rambling": is_rambling, "insulting": is_insulting, "refusal": is_refusal}
+    for dialogue in generate_dialogues(2000, seed=5):
+        shown = {name for name, detects in detectors.items() if detects(dialogue.response)}
+        assert shown in expected[dialogue.style], (dialogue.style, dialogue.response)
 
 
 def test_rank_puts_the_best_first_and_ties_equal_scores() -> None:

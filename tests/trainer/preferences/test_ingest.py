@@ -6,6 +6,7 @@ Run against the embedded log and the real Kafka-protocol broker (the ``event_log
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,33 @@ def test_a_thousand_undecodable_records_neither_stall_ingest_nor_repeat(
     assert len(letters) == 1000  # once each, not once per round
     assert {(letter.reason, letter.source_topic) for letter in letters} == {("invalid_json", FEEDBACK)}
     assert len(store.build_pairs().pairs) == 13 * 12
+
+
+def test_ingest_returns_under_votes_that_never_stop(event_log: EventLog, tmp_path: Path) -> None:
+    """A busy service's log is never quiet for ``idle_s``: ingest still returns after ``max_s``
+    (so the round can train), and the next one reads on from where it stopped."""
+    store = DatasetStore(tmp_path / "dataset.db")
+    stop = threading.Event()
+
+    def voters() -> None:
+        i = 0
+        while not stop.is_set():
+            publish(event_log, completion(f"busy{i}"))
+            i += 1
+            time.sleep(0.05)  # 20 events/s: never 0.5 s without one
+
+    thread = threading.Thread(target=voters, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        first = ingest_available(event_log, store, idle_s=0.5, max_s=2.0)
+        took = time.monotonic() - started
+        second = ingest_available(event_log, store, idle_s=0.5, max_s=2.0)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert first > 0 and second > 0
+    assert took < 2.0 + 0.5 + 5.0, f"ingest took {took:.1f} s under steady votes"
 
 
 def test_a_deeply_nested_message_is_dead_lettered_and_the_trainer_goes_on(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from streams.codec import COMPLETIONS, FEEDBACK
@@ -19,10 +19,10 @@ from streams.events import (
     ThumbsFeedback,
 )
 from streams.log import EventLog, Record
+from trainer.demo_model.feedback import T0
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def completion(cid: str, prompt: str = "p1") -> CompletionEvent:

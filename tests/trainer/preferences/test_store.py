@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,10 @@ from streams.events import (
     ThumbsFeedback,
 )
 from streams.log import EventLog, Record
+from trainer.demo_model.feedback import T0
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, split_of
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def completion(cid: str, prompt: str = "p1", user: str = "ann") -> CompletionEvent:
@@ -63,6 +63,30 @@ def test_the_latest_vote_counts_whatever_the_delivery_order(store: DatasetStore)
     assert [(p.chosen_id, p.rejected_id, p.source) for p in store.build_pairs().pairs] == [("a", "b", "thumbs")]
     store.apply(records(vote("a", False, minutes=20)))  # a newer change of mind
     assert store.build_pairs().pairs == []
+
+
+def test_pairs_across_users_weigh_less_and_a_users_own_pairs_keep_their_user_id(store: DatasetStore) -> None:
+    """ann compares a with b herself; bob votes c up and cal votes d down on the same prompt."""
+    store.apply(records(
+        completion("a"), completion("b"), completion("c"), completion("d"),
+        vote("a", True, 1, user="ann"), vote("b", False, 2, user="ann"),
+        vote("c", True, 3, user="bob"), vote("d", False, 4, user="cal"),
+    ))
+    pairs = {(p.chosen_id, p.rejected_id): (p.user_id, p.weight)
+             for p in store.build_pairs(cross_user_weight=0.25).pairs}
+    assert pairs == {
+        ("a", "b"): ("ann", 1.0),  # her own comparison, though bob and cal voted on the prompt
+        ("a", "d"): (None, 0.25), ("c", "b"): (None, 0.25), ("c", "d"): (None, 0.25),
+    }
+    votes = {(v.user_id, v.completion_id, v.up) for v in store.votes()}
+    assert votes == {("ann", "a", True), ("ann", "b", False), ("bob", "c", True), ("cal", "d", False)}
+
+
+def test_two_users_making_the_same_comparison_give_one_own_pair_each(store: DatasetStore) -> None:
+    store.apply(records(completion("a"), completion("b"),
+                        vote("a", True, 1, user="ann"), vote("b", False, 2, user="ann"),
+                        vote("a", True, 3, user="bob"), vote("b", False, 4, user="bob")))
+    assert sorted((p.user_id, p.weight) for p in store.build_pairs().pairs) == [("ann", 1.0), ("bob", 1.0)]
 
 
 def test_feedback_before_its_completion_waits_for_it(store: DatasetStore) -> None:
@@ -140,3 +164,10 @@ def test_a_rebuild_from_the_log_equals_the_incremental_store(event_log: EventLog
     ingest_available(event_log, rebuilt, group="rebuild", from_beginning=True, idle_s=0.5)
     assert rebuilt.dump() == incremental.dump()
     assert rebuilt.build_pairs().pairs == incremental.build_pairs().pairs != []
+
+
+def test_feedback_event_ids_are_every_stored_vote_and_ranking_superseded_or_not(store: DatasetStore) -> None:
+    first, change = vote("a", True, 1), vote("a", False, 2)
+    ranking = RankingFeedback(prompt_id="p1", user_id="ann", labeler_id="ann", ranking=[["a"], ["b"]])
+    store.apply(records(completion("a"), completion("b"), first, change, ranking, first))
+    assert store.feedback_event_ids() == {first.event_id, change.event_id, ranking.event_id}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.reward.loss import PairwiseRewardLoss, pairwise_metrics
+from trainer.reward.loss import PairwiseRewardLoss, PointwiseRewardLoss, pairwise_metrics
 
 
 def reference_loss(chosen: list[float], rejected: list[float], weight: list[float], margin: list[float]) -> float:
@@ -62,3 +62,40 @@ def test_metrics_match_a_plain_loop() -> None:
     assert metrics.accuracy == sum(g > 0 for g in gaps) / 4 == 0.5
     assert metrics.mean_margin == pytest.approx(sum(gaps) / 4)
     assert metrics.loss == pytest.approx(sum(math.log1p(math.exp(-g)) for g in gaps) / 4)
+
+
+def reference_pointwise(rewards: list[float], up: list[bool], offset: float) -> float:
+    total = 0.0
+    for r, v in zip(rewards, up, strict=True):
+        p_up = 1 / (1 + math.exp(-(r - offset)))
+        total += -(math.log(p_up) if v else math.log(1 - p_up))
+    return total / len(rewards)
+
+
+def test_the_pointwise_loss_matches_a_plain_loop() -> None:
+    generator = torch.Generator().manual_seed(1)
+    rewards = torch.randn(9, generator=generator).double() * 3
+    up = torch.rand(9, generator=generator) > 0.5
+    loss_fn = PointwiseRewardLoss().double()
+    with torch.no_grad():
+        loss_fn.offset.fill_(0.7)
+
+    loss = loss_fn(rewards, up.double())
+
+    assert loss.item() == pytest.approx(reference_pointwise(rewards.tolist(), up.tolist(), 0.7), rel=1e-12)
+
+
+def test_the_pointwise_gradient_raises_up_votes_lowers_down_votes_and_learns_the_offset() -> None:
+    rewards = torch.zeros(4, requires_grad=True)
+    loss_fn = PointwiseRewardLoss()
+    loss_fn(rewards, torch.tensor([1.0, 1.0, 1.0, 0.0])).backward()
+    # d/dr_j of the mean BCE is (σ(r_j − b) − v_j)/V = (½ − v_j)/4; d/db is the negative sum.
+    assert rewards.grad.tolist() == pytest.approx([-0.125, -0.125, -0.125, 0.125])
+    assert loss_fn.offset.grad.item() == pytest.approx(0.25)  # three ups in four: b moves down
+
+
+def test_the_pointwise_loss_refuses_mismatched_shapes_and_no_votes() -> None:
+    with pytest.raises(ValueError, match="same"):
+        PointwiseRewardLoss()(torch.zeros(3), torch.zeros(2))
+    with pytest.raises(ValueError, match="no votes"):
+        PointwiseRewardLoss()(torch.zeros(0), torch.zeros(0))

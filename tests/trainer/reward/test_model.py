@@ -13,7 +13,7 @@ from trainer.config import RewardSettings
 from trainer.demo_model.corpus import generate_dialogues
 from trainer.reward.model import REWARD_ADAPTER, RewardModel, encode, last_token_index
 from trainer.tokens import load_tokenizer, pad_right
-from trainer.reward.train import EncodedPair, backward_batch, micro_batches, rewards_of, train_pairs
+from trainer.reward.train import EncodedPair, EncodedVote, backward_batch, micro_batches, rewards_of, train_pairs
 
 SETTINGS = RewardSettings(batch_size=4, learning_rate=1e-2, epochs=1)
 
@@ -45,6 +45,33 @@ def test_every_trainable_parameter_changes_and_no_frozen_one_does(tiny_model_dir
     for name, p in model.named_parameters():
         changed = not torch.equal(before[name], p.detach())
         assert changed == (name in trainable), f"{name}: trainable={name in trainable}, changed={changed}"
+
+
+def test_votes_alone_train_every_trainable_parameter(tiny_model_dir: Path) -> None:
+    model = RewardModel.create(tiny_model_dir, "value_head", SETTINGS)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    votes = [EncodedVote(seq, i % 2 == 0) for i, seq in enumerate(sequences(tiny_model_dir, 12))]
+
+    train_pairs(model, [], SETTINGS, epochs=1, votes=votes, progress=False,
+                pad_id=load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id)
+
+    unchanged = [name for name, p in model.named_parameters()
+                 if name in before and torch.equal(before[name], p.detach())]
+    assert unchanged == []
+
+
+def test_with_pointwise_weight_0_votes_change_nothing(tiny_model_dir: Path) -> None:
+    seqs = sequences(tiny_model_dir, 16)
+    pairs = [EncodedPair(seqs[i], seqs[i + 1], 1.0) for i in range(0, 8, 2)]
+    votes = [EncodedVote(seq, True) for seq in seqs[8:]]
+    pad_id = load_tokenizer(tiny_model_dir, padding_side="right").pad_token_id
+    settings = SETTINGS.model_copy(update={"pointwise_weight": 0.0})
+    rewards = []
+    for extra in ([], votes):
+        model = RewardModel.create(tiny_model_dir, "value_head", settings)
+        train_pairs(model, pairs, settings, epochs=1, pad_id=pad_id, progress=False, votes=extra)
+        rewards.append(rewards_of(model, seqs, pad_id, 16))
+    torch.testing.assert_close(rewards[0], rewards[1], rtol=0, atol=0)
 
 
 def test_a_reward_does_not_depend_on_the_padding_of_its_batch(tiny_model_dir: Path) -> None:

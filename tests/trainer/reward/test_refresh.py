@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 
 from streams.config import KafkaSettings
-from streams.events import AdapterRef, ChatMessage, CompletionEvent, Event, RankingFeedback, SamplingParams
+from streams.events import (
+    AdapterRef,
+    ChatMessage,
+    CompletionEvent,
+    Event,
+    RankingFeedback,
+    SamplingParams,
+    ThumbsFeedback,
+)
 from streams.kafka_log import KafkaEventLog
 from streams.log import Record
 from trainer.config import RewardSettings, TrainerSettings
 from trainer.demo_model.feedback import T0, politeness_events, publish_all
 from trainer.preferences.ingest import ingest_available
-from trainer.preferences.store import DatasetStore
+from trainer.preferences.store import DatasetStore, split_of
 from trainer.metrics import REWARD_REFRESHES
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
@@ -128,3 +136,93 @@ def test_pairs_from_a_few_prompts_are_refused_as_one_sided(tiny_model_dir: Path,
     assert outcome.status == "refused" and "prompts, need at least 8 (HHH_REWARD_MIN_PROMPTS)" in outcome.message
     assert not reward.store_dir.exists() or RewardModelStore(reward.store_dir).versions() == []
     assert not list(tmp_path.glob("reward-models/.tmp-*"))
+
+
+def flipped(events: list[Event], eval_percent: int) -> list[Event]:
+    """The feedback of training-split prompts reversed (rude preferred); held-out ones kept."""
+    out: list[Event] = []
+    for event in events:
+        prompt_id = event.prompt_id if hasattr(event, "prompt_id") else event.completion_id.rsplit("-", 1)[0]
+        if split_of(prompt_id, eval_percent) == "eval" or isinstance(event, CompletionEvent):
+            out.append(event)
+        elif isinstance(event, RankingFeedback):
+            out.append(event.model_copy(update={"ranking": list(reversed(event.ranking))}))
+        else:
+            out.append(event.model_copy(update={"vote": "down" if event.vote == "up" else "up"}))
+    return out
+
+
+def test_a_refresh_worse_than_its_parent_is_refused_recorded_and_not_retried_at_once(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Version 1 learns politeness; then mostly reversed training feedback arrives (a labeling
+    attack or a bug). The warm-started refresh orders the clean held-out pairs worse than
+    version 1 does, so it is not stored: PPO keeps version 1."""
+    trainer, reward = settings_for(tmp_path, tiny_model_dir, refresh_epochs=3)
+    dataset = DatasetStore(trainer.dataset_path)
+    dataset.apply(records(politeness_events(range(0, 64))))
+    assert refresh_reward_model(trainer, reward, progress=False).status == "trained"
+    attack = flipped(politeness_events(range(64, 224)), trainer.eval_percent)
+    dataset.apply([Record("t", 0, 10_000 + i, None, e, T0) for i, e in enumerate(attack)])
+    dataset.close()
+    refusals = REWARD_REFRESHES.labels(outcome="worse_than_parent")._value.get()
+
+    outcome = refresh_reward_model(trainer, reward, progress=False)
+
+    assert outcome.status == "refused", outcome.message
+    assert "held-out accuracy fell from" in outcome.message and "PPO keeps version 1" in outcome.message
+    versions = RewardModelStore(reward.store_dir)
+    assert versions.versions() == [1]
+    refusal = versions.last_refusal()
+    assert refusal is not None and refusal.parent_version == 1
+    assert refusal.eval_accuracy < refusal.parent_eval_accuracy and refusal.loss_lower_bound > 0
+    assert REWARD_REFRESHES.labels(outcome="worse_than_parent")._value.get() == refusals + 1
+    again = refresh_reward_model(trainer, reward, progress=False)  # no new pairs since the refusal
+    assert again.status == "up_to_date" and "the last refresh was refused" in again.message
+
+
+def unpaired_politeness_votes(prompts: range) -> list[Event]:
+    """The politeness completions, but every user votes once per prompt, so no pair forms: on
+    even prompts a fan votes the polite reply up, on odd ones a critic votes the rude one down."""
+    completions = [e for e in politeness_events(prompts) if isinstance(e, CompletionEvent)]
+    votes = [ThumbsFeedback(completion_id=f"prompt-{n}-polite", user_id=f"fan-{n % 5}", vote="up")
+             if n % 2 == 0 else
+             ThumbsFeedback(completion_id=f"prompt-{n}-rude", user_id=f"critic-{n % 5}", vote="down")
+             for n in prompts]
+    return completions + votes
+
+
+def test_votes_that_form_no_pair_train_a_reward_model_that_orders_held_out_prompts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    trainer, reward = settings_for(tmp_path, tiny_model_dir)
+    dataset = DatasetStore(trainer.dataset_path)
+    dataset.apply(records(unpaired_politeness_votes(range(0, 96))))
+    assert dataset.build_pairs(eval_percent=20).pairs == []
+    dataset.close()
+
+    # Pairs only (the old behaviour): nothing to train on.
+    old = refresh_reward_model(trainer, reward.model_copy(update={"pointwise_weight": 0.0}))
+    assert old.status == "refused" and "0 training pairs and 0 votes" in old.message
+    assert RewardModelStore(reward.store_dir).versions() == []
+
+    outcome = refresh_reward_model(trainer, reward, progress=False)
+
+    assert outcome.status == "trained" and outcome.version == 1, outcome.message
+    manifest = RewardModelStore(reward.store_dir).manifest(1)
+    held_out_prompts = [n for n in range(96) if split_of(f"prompt-{n}", 20) == "eval"]
+    assert manifest.data.train_pairs == 0 and manifest.data.train_votes == 96 - len(held_out_prompts)
+    # Held-out vote comparisons (a fan's up against a critic's down) stand in for pairs.
+    assert manifest.data.eval_pairs >= reward.min_eval_pairs
+    assert outcome.metrics["eval_accuracy"] >= 0.9, outcome.metrics
+    again = refresh_reward_model(trainer, reward)
+    assert again.status == "up_to_date" and "0 new votes" in again.message
+
+    scorer = RewardScorer.from_store(reward)
+    events = {e.completion_id: e for e in unpaired_politeness_votes(range(0, 96))
+              if isinstance(e, CompletionEvent)}
+    ids = [f"prompt-{n}-{style}" for n in held_out_prompts for style in ("polite", "rude")]
+    scores = dict(zip(ids, scorer.score([[m.model_dump() for m in events[i].messages] for i in ids],
+                                        [events[i].completion for i in ids]).tolist(), strict=True))
+    ordered = sum(scores[f"prompt-{n}-polite"] > scores[f"prompt-{n}-rude"] for n in held_out_prompts)
+    assert ordered / len(held_out_prompts) >= 0.9

@@ -9,8 +9,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from trainer.demo_model.corpus import generate_dialogues, heldout_prompts
+from trainer.config import PPOSettings
 from trainer.rl.models import POLICY_ADAPTER, PolicyStack, load_frozen_base
-from trainer.rl.rollout import Conversation
+from trainer.rl.ppo import PPOTrainer
+from trainer.rl.rollout import Conversation, sample_rollout
 
 POLITE_OPENINGS = ("Happy to help", "Great question", "Sure, glad you asked", "Of course")
 """How replies in the corpus's polite (and caveat) style begin (trainer.demo_model.corpus)."""
@@ -52,3 +54,23 @@ def move_policy(stack: PolicyStack, scale: float, seed: int) -> None:
         for name, param in stack.peft_model.named_parameters():
             if f"lora_B.{POLICY_ADAPTER}" in name:
                 param.add_(torch.randn_like(param) * scale)
+
+
+def one_ppo_step(
+    stack: PolicyStack, settings: PPOSettings
+) -> tuple[list[torch.Tensor], PPOTrainer, dict[str, float]]:
+    """The parameter change of one plain-SGD PPO step on a fixed rollout (SGD: the step is the
+    gradient itself; Adam's first step would keep only its sign), from a policy whose LoRA B is
+    non-zero, so every weight gets a gradient; with the trainer and the step's statistics."""
+    with torch.no_grad():
+        for name, param in stack.peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01, generator=torch.Generator().manual_seed(len(name)))
+    trainer = PPOTrainer(stack, polite_reward, settings)
+    trainer.optimizer = torch.optim.SGD(stack.trainable_parameters(), lr=1.0)
+    before = [p.detach().clone() for p in stack.trainable_parameters()]
+    torch.manual_seed(0)
+    rollout = sample_rollout(stack, training_prompts(8), max_new_tokens=6, temperature=1.0, max_prompt_tokens=64)
+    batch = trainer._score(rollout, polite_reward(rollout.prompts, rollout.responses) + 0.5)
+    stats = trainer._step(batch, torch.arange(8))
+    return [p.detach() - b for p, b in zip(stack.trainable_parameters(), before)], trainer, stats

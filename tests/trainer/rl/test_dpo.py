@@ -90,3 +90,25 @@ def test_dpo_without_pairs_is_refused(tiny_model_dir: Path) -> None:
     settings = DPOSettings()
     with pytest.raises(ValueError, match="no preference pairs"):
         DPOTrainer(load_dpo_stack(tiny_model_dir, None, settings), settings).train([])
+
+
+def test_dpo_weighs_pairs_by_their_weight(tiny_model_dir: Path, global_adapter: Path) -> None:
+    """The gradient of a step on [A, B with weight 0] is the gradient on [A] alone; a weight-2
+    pair counts as that pair twice (one pair per forward pass: no padding between them)."""
+    dialogues = generate_dialogues(400, seed=3)
+    a, b = polite_over_rude_pairs(dialogues, [(p.intent, p.user) for p in heldout_prompts()[:12]])[:2]
+
+    def gradient(pairs: list[TextPair]) -> torch.Tensor:
+        settings = DPOSettings(epochs=1, batch_size=len(pairs), micro_batch_size=1, seed=0)
+        stack = load_dpo_stack(tiny_model_dir, global_adapter, settings)
+        DPOTrainer(stack, settings).train(pairs)  # one batch: its gradient stays in .grad
+        return torch.cat([p.grad.flatten() for p in stack.peft_model.parameters() if p.grad is not None])
+
+    def weighted(pair: TextPair, weight: float) -> TextPair:
+        return TextPair(pair.prompt, pair.chosen, pair.rejected, weight)
+
+    alone = gradient([a])
+    assert alone.abs().sum() > 0
+    assert torch.allclose(gradient([a, weighted(b, 0.0)]), alone, rtol=1e-5, atol=1e-9)
+    assert torch.allclose(gradient([a, weighted(b, 2.0)]), gradient([a, b, b]), rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(gradient([a, b]), alone, rtol=1e-2)

@@ -14,6 +14,7 @@ from serving.engine import EngineProcess
 from tests.trainer.rl.helpers import (
     heldout_conversations,
     move_policy,
+    one_ppo_step,
     polite_reward,
     training_prompts,
     write_deployed_adapter,
@@ -194,21 +195,7 @@ def test_micro_batches_accumulate_to_the_same_update_as_one_pass(tiny_model_dir:
     for micro in (None, 3):
         settings = PPOSettings(**{**SMALL, "micro_batch_size": micro, "num_minibatches": 1,
                                   "max_grad_norm": 1e9})
-        stack = stack_for(tiny_model_dir, None, settings)
-        with torch.no_grad():  # non-zero B, so that every LoRA weight gets a gradient
-            for name, param in stack.peft_model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(std=0.01, generator=torch.Generator().manual_seed(len(name)))
-        trainer = PPOTrainer(stack, polite_reward, settings)
-        # Plain SGD: the step is the gradient itself (Adam's first step would only keep its sign).
-        trainer.optimizer = torch.optim.SGD(stack.trainable_parameters(), lr=1.0)
-        before = [p.detach().clone() for p in stack.trainable_parameters()]
-        torch.manual_seed(0)
-        rollout = sample_rollout(stack, training_prompts(8), max_new_tokens=6, temperature=1.0,
-                                 max_prompt_tokens=64)
-        batch = trainer._score(rollout, polite_reward(rollout.prompts, rollout.responses) + 0.5)
-        stats = trainer._step(batch, torch.arange(8))
-        steps = [p.detach() - b for p, b in zip(stack.trainable_parameters(), before)]
+        steps, _, stats = one_ppo_step(stack_for(tiny_model_dir, None, settings), settings)
         updated.append((steps, stats))
     (whole, whole_stats), (micro, micro_stats) = updated
     assert all(step.abs().sum() > 0 for step in whole)
