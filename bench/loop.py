@@ -430,6 +430,14 @@ def make_users(majority: int, personal: int) -> list[SimulatedUser]:
             for group, count in counts.items() for i in range(count)]
 
 
+def save(measurements: list[Measurement], out: Path) -> None:
+    """Print the table and write ``rounds.json`` and ``approval.png`` after every round, so an
+    interrupted run keeps what it measured."""
+    print(table(measurements), flush=True)
+    (out / "rounds.json").write_text(json.dumps([asdict(m) for m in measurements], indent=2) + "\n")
+    plot(measurements, out / "approval.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -454,7 +462,7 @@ def main() -> None:
     home.mkdir()
     with running_service(model_dir, home, [*users, probe], labeler_key) as service:
         measurements.append(measure(service, 0, users, probe.api_key, args.samples, 0.0))
-        print(table(measurements), flush=True)
+        save(measurements, args.out)
         for round_index in range(1, args.rounds + 1):
             with ThreadPoolExecutor(4) as pool:
                 sent = sum(pool.map(lambda iu: give_feedback(service, iu[1], args.prompts_per_user, args.noise,
@@ -471,9 +479,7 @@ def main() -> None:
             measurement.train_s, measurement.gate = train_s, verdicts
             compare_to_previous(measurement, measurements[-1])
             measurements.append(measurement)
-            print(table(measurements), flush=True)
-    (args.out / "rounds.json").write_text(json.dumps([asdict(m) for m in measurements], indent=2) + "\n")
-    plot(measurements, args.out / "approval.png")
+            save(measurements, args.out)
     print("\n" + targets(measurements))
     print(f"\n{args.out / 'rounds.json'}, {args.out / 'approval.png'}")
 

@@ -127,14 +127,14 @@ def test_a_policy_that_games_a_flawed_reward_model_is_refused_over_the_kl_budget
         return torch.tensor([len(r) / 20 for r in responses])
 
     deployed = write_deployed_adapter(tiny_model_dir, tmp_path / "deployed")
-    ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=4, max_new_tokens=16,
+    ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=4, max_new_tokens=32,
                       learning_rate=2e-2, kl_coef=0.0, kl_target=None, target_approx_kl=None,
                       missing_eos_penalty=0.0, seed=0)
     torch.manual_seed(0)
     stack = load_policy_stack(tiny_model_dir, deployed, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
     PPOTrainer(stack, length_reward, ppo).train(training_prompts(200), iterations=6)
     gate = GateSettings(reward_margin=0.0, kl_budget=1.0, anchor_kl_budget=1e6, agreement_margin=1.0,
-                        min_heldout_pairs=4, samples_per_prompt=1, min_samples=1, max_new_tokens=16)
+                        min_heldout_pairs=4, samples_per_prompt=1, min_samples=1, max_new_tokens=32)
 
     decision = measure(stack, length_reward, heldout_conversations()[:16], heldout_pairs(), [1.0] * 6, gate)
 
