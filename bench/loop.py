@@ -72,6 +72,7 @@ import torch
 
 from common.processes import free_port
 from serving.adapters.store import AdapterStore
+from trainer.config import RESPONSE_TOKENS
 from trainer.demo_model.build import build_demo_model
 from trainer.demo_model.corpus import (
     HeldOutPrompt,
@@ -90,7 +91,8 @@ from trainer.demo_model.labeler import (
 )
 from trainer.stats import mean_interval
 
-MAX_TOKENS = 64
+MAX_TOKENS = RESPONSE_TOKENS
+"""Longest answer a simulated user asks for: the trainer's own default, so users rate whole answers."""
 REGENERATE_AFTER_DOWN = 0.5
 """Chance that a user asks again (the page's "regenerate") after voting an answer down."""
 REGENERATIONS = 2

@@ -14,6 +14,11 @@ from common.cpus import available_cpus, pinned_cpus
 from streams.config import hhh_home
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+RESPONSE_TOKENS = 128
+"""Default longest response that PPO, the gate and `hhh eval` sample: every answer of the demo
+model fits (its longest style, rambling, ends by token 107), so that none is cut and penalised as
+truncated for its length alone. At 32, 84 % of its polite answers were cut: PPO paid the
+missing-EOS penalty on the majority's favourite style and pushed towards curt ones."""
 """What ``HHH_TRAINER_DEVICE`` may be (resolved by `trainer.devices.resolve_placement`)."""
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -280,7 +285,7 @@ class PPOSettings(BaseSettings):
         "(same update, activation memory of one micro-batch). Unset: the whole mini-batch at once.",
     )
     ppo_epochs: int = Field(default=2, ge=1, description="Passes over each rollout batch.")
-    max_new_tokens: int = Field(default=32, ge=1, description="Longest response sampled.")
+    max_new_tokens: int = Field(default=RESPONSE_TOKENS, ge=1, description="Longest response sampled.")
     missing_eos_penalty: float = Field(
         default=1.0, ge=0,
         description="Subtracted from the score of a response cut by max_new_tokens (normalised "
@@ -436,7 +441,7 @@ class GateSettings(BaseSettings):
         description="Responses sampled per adapter, at least: more per prompt where held-out prompts "
         "are few, so that the reward comparison is not decided by sampling noise.",
     )
-    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled response.")
+    max_new_tokens: int = Field(default=RESPONSE_TOKENS, ge=1, description="Longest sampled response.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the evaluation.")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longest prompt, in tokens; longer ones lose their start.")
     batch_size: int = Field(default=32, ge=1, description="Prompts or pairs per forward pass.")
@@ -463,7 +468,7 @@ class EvalSettings(BaseSettings):
     )
     prompts: int = Field(default=64, ge=2, description="Held-out prompts to answer, at most.")
     samples_per_prompt: int = Field(default=4, ge=1, description="Answers per prompt and version.")
-    max_new_tokens: int = Field(default=32, ge=1, description="Longest sampled answer.")
+    max_new_tokens: int = Field(default=RESPONSE_TOKENS, ge=1, description="Longest sampled answer.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1, description="Level of the two-sided confidence intervals."

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from trainer.config import RESPONSE_TOKENS
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name
 from trainer.demo_model.intents import Category
 
@@ -118,7 +119,7 @@ class LabelingReport:
 
 def label(
     client: httpx.Client, *, prompts: int, n: int = 3, user: str = "demo-labeler",
-    max_tokens: int = 64, seed: int = 1000,
+    max_tokens: int = RESPONSE_TOKENS, seed: int = 1000,
 ) -> LabelingReport:
     """Ask ``prompts`` requests with ``n`` answers each, rank them and send the rankings.
 
