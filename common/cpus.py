@@ -146,6 +146,13 @@ def pinned_cpus(value: str, *, setting: str, available: CpuSet) -> CpuSet | None
     return _explicit(value, setting, available)
 
 
+def checked_cpu_setting(value: str, setting: str) -> str:
+    """`value` unchanged if it is ``auto``, ``all`` or a list of CPUs this process may use;
+    otherwise the ValueError of `parse_cpu_list`, naming `setting` (for pydantic validators)."""
+    pinned_cpus(value, setting=setting, available=available_cpus())
+    return value
+
+
 def _explicit(value: str, setting: str, available: CpuSet) -> CpuSet | None:
     if value.strip().lower() in (AUTO, ALL):
         return None

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.cpus import available_cpus, pinned_cpus
+from common.cpus import checked_cpu_setting
 from common.errors import UserError
 from common.files import PRIVATE_FILE_MODE, write_atomically
 from streams.config import private_hhh_home
@@ -212,8 +212,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("engine_cpus")
     @classmethod
     def _cpus_are_available(cls, value: str) -> str:
-        pinned_cpus(value, setting="HHH_GATEWAY_ENGINE_CPUS", available=available_cpus())
-        return value
+        return checked_cpu_setting(value, "HHH_GATEWAY_ENGINE_CPUS")
 
     @field_validator("engine_urls")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.cpus import available_cpus, pinned_cpus
+from common.cpus import checked_cpu_setting
 from streams.config import hhh_home
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -146,8 +146,7 @@ class TrainerSettings(BaseSettings):
     @field_validator("cpus")
     @classmethod
     def _cpus_are_available(cls, value: str) -> str:
-        pinned_cpus(value, setting="HHH_TRAINER_CPUS", available=available_cpus())
-        return value
+        return checked_cpu_setting(value, "HHH_TRAINER_CPUS")
 
     @field_validator("yield_to")
     @classmethod
