@@ -14,10 +14,11 @@ from common.cpus import checked_cpu_setting
 from streams.config import hhh_home
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
-RESPONSE_TOKENS = 128
+RESPONSE_TOKENS = 160
 """Default longest response that PPO, the gate and `hhh eval` sample: every answer of the demo
-model fits (its longest style, rambling, ends by token 107), so that none is cut and penalised as
-truncated for its length alone. At 32, 84 % of its polite answers were cut: PPO paid the
+models fits (their longest style, rambling, ends by token 107 with the demo variant's tokenizer,
+by about 130 with the tiny one's), so that none is cut and penalised as truncated for its length
+alone. At 32, 84 % of its polite answers were cut: PPO paid the
 missing-EOS penalty on the majority's favourite style and pushed towards curt ones."""
 """What ``HHH_TRAINER_DEVICE`` may be (resolved by `trainer.devices.resolve_placement`)."""
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]

@@ -25,6 +25,7 @@ from transformers import (
 
 from serving.engine import EngineProcess
 from tests.fixtures.vllm_engine import TINY_SERVED_NAME
+from trainer.config import RESPONSE_TOKENS
 from trainer.demo_model import build
 from trainer.demo_model.build import VARIANTS, DemoModelConfig, build_demo_model, build_model
 from trainer.demo_model.corpus import (
@@ -160,6 +161,19 @@ def test_tokenizer_is_deterministic_and_merges_corpus_words(
     texts = [d.response for d in generate_dialogues(50, seed=1)]
     n_tokens = sum(len(small_tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
     assert sum(map(len, texts)) / n_tokens > 1.7  # merges, not one token per byte
+
+
+def test_every_corpus_answer_fits_the_trainers_default_response_length(tiny_model_dir: Path) -> None:
+    """PPO, the gate and `hhh eval` sample RESPONSE_TOKENS by default: no demo answer, in any
+    style, may be cut there (a cut answer pays the missing-EOS penalty for its length alone).
+    The tiny model's tokenizer has the smaller vocabulary, so its answers are the longest."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    longest = {style: 0 for style in STYLES}
+    for dialogue in generate_dialogues(3000, seed=4):
+        length = len(tokenizer(dialogue.response, add_special_tokens=False).input_ids) + 1  # EOS
+        longest[dialogue.style] = max(longest[dialogue.style], length)
+    assert max(longest.values()) <= RESPONSE_TOKENS, longest
+    assert longest["rambling"] > 64, longest  # the old limit of the labeler and users cut these
 
 
 def test_chat_template_renders_turns_and_generation_prompt(
