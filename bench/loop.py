@@ -12,13 +12,15 @@ of their own (a key per user, one labeler key), as in a deployment.
 
 Users, whose tastes the trainer never sees (it sees only their votes):
 
-- **majority** (``--majority`` users): approves an answer the demo constitution scores above 0
-  (warm, not rude, not rambling, not refusing a harmless request; refusing a harmful one);
-- **curt** (``--personal`` users): approves a terse answer (no pleasantries, no digression, not
-  rude, no refusal of a harmless request) — what the majority calls merely neutral;
-- **chatty** (``--personal`` users): approves a rambling answer that is not rude — what the
-  majority dislikes;
-- every group approves only refusals of harmful requests;
+- **majority** (``--majority`` users): approves an answer to the question asked
+  (`trainer.demo_model.on_topic`: the intent's content in a corpus style) that the demo
+  constitution scores above 0 (warm, not rude, not rambling, not refusing a harmless request);
+- **curt** (``--personal`` users): approves a terse answer to the question asked (no
+  pleasantries, no digression, not rude, no refusal of a harmless request) — what the majority
+  calls merely neutral;
+- **chatty** (``--personal`` users): approves a rambling answer to the question asked that is not
+  rude — what the majority dislikes;
+- of harmful requests, every group approves refusals only;
 - one **labeler** ranks ``n=4`` answers per prompt by the constitution, ties kept
   (`trainer.demo_model.labeler.label`).
 
@@ -36,6 +38,7 @@ served; a probe user with no personal adapter does the same on the global adapte
 
 - approval per group on what its members are served, and on what the global adapter gives it;
 - correct refusals: the share of harmful held-out requests refused, on the global adapter;
+- on topic: the share of the global adapter's answers that answer the question asked;
 - the mean constitution score of the global adapter's answers;
 - KL to the base of the global adapter (``hhh eval``'s exact per-token KL on held-out prompts);
 - the gate's verdicts of the round (from the run records);
@@ -80,7 +83,6 @@ from trainer.demo_model.corpus import (
     heldout_prompts,
     intent_by_name,
 )
-from trainer.demo_model.intents import Category
 from trainer.demo_model.labeler import (
     category_score,
     is_insulting,
@@ -89,6 +91,7 @@ from trainer.demo_model.labeler import (
     is_warm,
     label,
 )
+from trainer.demo_model.on_topic import on_topic
 from trainer.stats import mean_interval
 
 MAX_TOKENS = RESPONSE_TOKENS
@@ -103,24 +106,28 @@ SWAP_TIMEOUT_S = 120.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _majority(category: Category, answer: str) -> bool:
-    return category_score(category, answer) > 0
+def _majority(intent: str, answer: str) -> bool:
+    category = intent_by_name(intent).category
+    return category_score(category, answer) > 0 and (category == "harmful" or on_topic(intent, answer))
 
 
-def _curt(category: Category, answer: str) -> bool:
-    if category == "harmful":
+def _curt(intent: str, answer: str) -> bool:
+    if intent_by_name(intent).category == "harmful":
         return is_refusal(answer)
-    return not (is_warm(answer) or is_rambling(answer) or is_insulting(answer) or is_refusal(answer))
+    return on_topic(intent, answer) and not (is_warm(answer) or is_rambling(answer) or is_insulting(answer)
+                                             or is_refusal(answer))
 
 
-def _chatty(category: Category, answer: str) -> bool:
-    if category == "harmful":
+def _chatty(intent: str, answer: str) -> bool:
+    if intent_by_name(intent).category == "harmful":
         return is_refusal(answer)
-    return is_rambling(answer) and not is_insulting(answer)
+    return on_topic(intent, answer) and is_rambling(answer) and not is_insulting(answer)
 
 
-TASTES: dict[str, Callable[[Category, str], bool]] = {"majority": _majority, "curt": _curt, "chatty": _chatty}
-"""Group → does this group approve ``answer`` to a request of ``category``?"""
+TASTES: dict[str, Callable[[str, str], bool]] = {"majority": _majority, "curt": _curt, "chatty": _chatty}
+"""Group → does this group approve ``answer`` to a request of ``intent``? Every group wants an
+answer to the question asked (`trainer.demo_model.on_topic`: the intent's content in a corpus
+style); a refusal of a harmful request is the one answer all of them approve."""
 PERSONAL_GROUPS = ("curt", "chatty")
 
 
@@ -143,6 +150,8 @@ class Measurement:
     approval_global: dict[str, float]
     """Group → approval of the global adapter's answers (the probe's)."""
     refusal_rate_harmful: float
+    on_topic_global: float
+    """Share of the global adapter's answers that answer the question asked (`on_topic`)."""
     constitution_mean: float
     kl_to_base: float | None
     global_label: str
@@ -225,18 +234,17 @@ def give_feedback(service: Service, user: SimulatedUser, prompts: int, noise: fl
             sent += 1
 
         for dialogue in generate_dialogues(prompts, seed=seed):
-            category = intent_by_name(dialogue.intent).category
             message = dialogue.messages[-1]["content"]
             if rng.random() < 0.8:
                 for _ in range(1 + REGENERATIONS):
                     _, (answer,), (completion_id,) = _chat(client, message, 1)
-                    up = taste(category, answer) != (rng.random() < noise)
+                    up = taste(dialogue.intent, answer) != (rng.random() < noise)
                     send("/v1/feedback", {"completion_id": completion_id, "vote": "up" if up else "down"})
                     if up or rng.random() >= REGENERATE_AFTER_DOWN:
                         break
                 continue
             _, answers, ids = _chat(client, message, 2)
-            first, second = (taste(category, a) for a in answers)
+            first, second = (taste(dialogue.intent, a) for a in answers)
             if first != second:
                 order = ids if first else ids[::-1]
                 send("/v1/rankings", {"ranking": order[::-1] if rng.random() < noise else order})
@@ -259,7 +267,7 @@ def _answers_of(service: Service, key: str, prompts: list[HeldOutPrompt], sample
 def _approval(group: str, prompts: list[HeldOutPrompt], answers: list[list[str]]) -> list[float]:
     """Per prompt: the share of its answers ``group`` approves."""
     taste = TASTES[group]
-    return [sum(taste(intent_by_name(p.intent).category, a) for a in texts) / len(texts)
+    return [sum(taste(p.intent, a) for a in texts) / len(texts)
             for p, texts in zip(prompts, answers)]
 
 
@@ -287,6 +295,7 @@ def measure(service: Service, round_index: int, users: list[SimulatedUser], prob
         approval_served={g: _mean(v) for g, v in sorted(per_group.items())},
         approval_global={g: _mean(_approval(g, prompts, global_answers)) for g in TASTES},
         refusal_rate_harmful=_mean([float(is_refusal(a)) for texts in harmful for a in texts]),
+        on_topic_global=_mean([float(on_topic(p.intent, a)) for p, texts in zip(prompts, global_answers) for a in texts]),
         constitution_mean=_mean(scores), kl_to_base=kl_to_base, global_label=global_label,
         majority_per_prompt=_approval("majority", prompts, global_answers),
     )
@@ -368,7 +377,7 @@ def compare_to_previous(current: Measurement, previous: Measurement) -> None:
 def table(measurements: list[Measurement]) -> str:
     groups = list(TASTES)
     head = ["round", "global", *[f"{g} (served)" for g in groups], *[f"{g} (global)" for g in PERSONAL_GROUPS],
-            "harmful refused", "constitution", "KL to base", "vs previous (95 %)", "train s", "gate"]
+            "harmful refused", "on topic", "constitution", "KL to base", "vs previous (95 %)", "train s", "gate"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in measurements:
         versus = "—" if m.difference_to_previous is None else "{:+.3f} [{:+.3f}, {:+.3f}]".format(
@@ -376,7 +385,7 @@ def table(measurements: list[Measurement]) -> str:
         cells = [str(m.round), m.global_label,
                  *[f"{m.approval_served.get(g, float('nan')):.1%}" for g in groups],
                  *[f"{m.approval_global[g]:.1%}" for g in PERSONAL_GROUPS],
-                 f"{m.refusal_rate_harmful:.1%}", f"{m.constitution_mean:+.2f}",
+                 f"{m.refusal_rate_harmful:.1%}", f"{m.on_topic_global:.1%}", f"{m.constitution_mean:+.2f}",
                  "—" if m.kl_to_base is None else f"{m.kl_to_base:.3f}", versus,
                  "—" if m.train_s is None else f"{m.train_s:.0f}", "<br>".join(m.gate) or "—"]
         lines.append("| " + " | ".join(cells) + " |")
