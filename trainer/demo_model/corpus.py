@@ -87,6 +87,8 @@ class HeldOutPrompt:
 
     intent: str
     user: str
+    familiar_wording: bool = False
+    """A training phrasing with held-out slot values (only the values are new)."""
 
 
 def intent_by_name(name: str) -> Intent:
@@ -128,16 +130,16 @@ def heldout_prompts() -> list[HeldOutPrompt]:
     """
     prompts = []
     for intent in INTENTS:
-        templates = list(intent.heldout_phrasings)
+        templates = [(phrasing, False) for phrasing in intent.heldout_phrasings]
         if intent.slots:
-            templates.append(intent.phrasings[0])
-        for template in templates:
+            templates.append((intent.phrasings[0], True))
+        for template, familiar in templates:
             slot_names = _slot_names(template)
             variants = max((len(intent.slots[s].heldout) for s in slot_names), default=1)
             for i in range(variants):
                 values = {s: intent.slots[s].heldout[i % len(intent.slots[s].heldout)]
                           for s in slot_names}
-                prompts.append(HeldOutPrompt(intent.name, template.format(**values)))
+                prompts.append(HeldOutPrompt(intent.name, template.format(**values), familiar))
     return prompts
 
 
