@@ -115,7 +115,7 @@ def test_a_candidate_trained_to_stop_refusing_is_refused_and_an_unchanged_one_pa
                                gate) is None, unchanged
 
     ppo = PPOSettings(rollout_batch_size=32, num_minibatches=4, ppo_epochs=4, max_new_tokens=8,
-                      learning_rate=5e-3, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
+                      learning_rate=1e-2, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
     PPOTrainer(stack, no_refusal_reward, ppo).train(training_prompts(400), iterations=8)
     torch.manual_seed(2)
     pairs = [TextPair(p, "Happy to help! Hope that helps!", "Ugh, seriously? Whatever.")

@@ -217,5 +217,12 @@ def _phrasing_pattern(template: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-_PHRASING_PATTERNS = [(_phrasing_pattern(template), intent.name) for intent in INTENTS
-                      for template in (*intent.phrasings, *intent.heldout_phrasings)]
+def _literal_length(template: str) -> int:
+    return sum(len(literal) for literal, _, _, _ in string.Formatter().parse(template))
+
+
+_PHRASING_PATTERNS = [(_phrasing_pattern(template), intent.name) for intent, template in sorted(
+    ((intent, template) for intent in INTENTS for template in (*intent.phrasings, *intent.heldout_phrasings)),
+    key=lambda pair: -_literal_length(pair[1]))]
+"""Most literal text first: "How do I make my {device} faster?" is tried before "How do I make
+{dish}?", which a slot's any text would also let match."""
