@@ -79,6 +79,11 @@ ADAPTER_REFUSED = Counter(
     "hhh_adapter_refused_total", "Adapter versions refused (the old one kept serving), by reason.",
     ["reason"],
 )
+ADAPTER_CONTROLLER_FAILURES = Counter(
+    "hhh_adapter_controller_failures_total",
+    "Times this replica's hot-swap controller stopped following the adapters topic on an error "
+    "(the event log could not be opened or read, a commit failed) and started again.",
+)
 ADAPTERS_LOADED = Gauge(
     "hhh_adapters_loaded", "Adapters this replica (all its workers) has loaded into each engine.",
     ["engine"], multiprocess_mode="livesum",

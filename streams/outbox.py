@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 from kafka.errors import MessageSizeTooLargeError
 
 from common.files import private_file
+from common.sqlite import connect
 from streams import metrics
 from streams.codec import EventError, encode
 from streams.events import Event
@@ -70,11 +70,7 @@ class Outbox:
         self.path = Path(path)
         private_file(self.path)  # every user's prompts: owner only
         self.name = name
-        self._connection = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute(f"PRAGMA synchronous={'FULL' if durable_sync else 'NORMAL'}")
+        self._connection = connect(self.path, durable_sync=durable_sync)
         self._connection.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._has_work = threading.Event()

@@ -25,6 +25,7 @@ from itertools import count
 from pathlib import Path
 
 from common.files import private_file
+from common.sqlite import connect
 from streams.codec import COMPACTED_TOPICS, TOPIC_SCHEMAS, check_topic
 from streams.log import EventConsumer, EventLog, RawRecord
 
@@ -57,14 +58,6 @@ def partition_for(key: str | None, partitions: int, fallback: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
 
 
-def _connect(path: Path, durable_sync: bool) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(f"PRAGMA synchronous={'FULL' if durable_sync else 'NORMAL'}")
-    connection.execute("PRAGMA busy_timeout=30000")
-    return connection
-
-
 class SqliteEventLog(EventLog):
     """An ``EventLog`` in one SQLite file; see the module docstring."""
 
@@ -89,7 +82,7 @@ class SqliteEventLog(EventLog):
         self.partitions = partitions
         self.session_timeout_s = session_timeout_s
         self.durable_sync = durable_sync
-        self._connection = _connect(self.path, durable_sync)
+        self._connection = connect(self.path, durable_sync=durable_sync)
         self._connection.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._buffer: list[tuple[str, str | None, bytes, float]] = []
@@ -183,7 +176,7 @@ class SqliteConsumer(EventConsumer):
         self._topics = sorted(set(topics))
         self._from_beginning = from_beginning or group is None
         self._member = uuid.uuid4().hex
-        self._connection = _connect(event_log.path, event_log.durable_sync)
+        self._connection = connect(event_log.path, durable_sync=event_log.durable_sync)
         self._positions: dict[tuple[str, int], int] = {}
         self._next_heartbeat = 0.0
 

@@ -9,6 +9,8 @@ are committed after the batch is applied, and after a poll that met only undecod
 that commit is what writes their dead letters (``EventConsumer.commit`` flushes them first),
 so a poison message on the topic is in ``dead-letters`` at once, not whenever the next good
 event arrives. (Re-reading from the beginning, every start of a replica dead-letters it again.)
+A failure of the following itself (the log cannot be opened or read, a commit fails) never
+ends it: it is logged, counted and followed again after a pause (`_follow_while_running`).
 
 For the version to serve (the scope's pin in the store wins over the event's version):
 verify the manifest checksum, every file's sha256, the base model's config hash, the rank
@@ -59,6 +61,10 @@ from streams.log import EventLog
 log = logging.getLogger(__name__)
 
 _ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=120.0)  # a LoRA's first request warms it up: seconds
+_RESTART_PAUSE_S = 1.0
+"""The first pause before following the topic again after a failure (then doubled)."""
+_RESTART_PAUSE_MAX_S = 30.0
+"""The longest pause between two attempts to follow the topic."""
 
 
 class SwapDeferred(Exception):
@@ -110,7 +116,7 @@ class HotSwapController:
 
     def start(self) -> None:
         """Follow the topic in the background."""
-        self._task = asyncio.create_task(self._follow(), name="adapter-hot-swap")
+        self._task = asyncio.create_task(self._follow_while_running(), name="adapter-hot-swap")
 
     async def stop(self) -> None:
         """Stop following the topic and retiring versions."""
@@ -134,11 +140,39 @@ class HotSwapController:
 
     # -- following the topic -----------------------------------------------------------------
 
+    async def _follow_while_running(self) -> None:
+        """`_follow`, started again whenever it fails, until the controller is stopped.
+
+        A failure outside one event's handling (the log cannot be opened, the group is not
+        joined in time, a commit fails) would otherwise end the background task silently, and
+        this replica would never swap or dead-letter again. It is logged with its traceback,
+        recorded in ``last_error`` (/readyz), counted in `metrics.ADAPTER_CONTROLLER_FAILURES`,
+        and the controller reads the topic again from the beginning (applying is idempotent)
+        after a pause that doubles from ``_RESTART_PAUSE_S`` up to ``_RESTART_PAUSE_MAX_S``, and
+        starts from the shortest again once a run lasted longer than the longest pause."""
+        pause = _RESTART_PAUSE_S
+        while True:
+            started = time.monotonic()
+            try:
+                await self._follow()
+            except Exception as error:  # noqa: BLE001 - logged, counted, followed again
+                self.last_error = f"following the adapters topic: {type(error).__name__}: {error}"
+                metrics.ADAPTER_CONTROLLER_FAILURES.inc()
+                log.exception("following the adapters topic failed; following it again in %.0f s", pause)
+            if time.monotonic() - started > _RESTART_PAUSE_MAX_S:
+                pause = _RESTART_PAUSE_S
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _RESTART_PAUSE_MAX_S)
+
     async def _follow(self) -> None:
         event_log = await asyncio.to_thread(self.open_log)
-        consumer = await asyncio.to_thread(
-            event_log.consumer, f"gateway-{self.replica}", [ADAPTERS], from_beginning=True
-        )
+        try:
+            consumer = await asyncio.to_thread(
+                event_log.consumer, f"gateway-{self.replica}", [ADAPTERS], from_beginning=True
+            )
+        except BaseException:
+            await asyncio.to_thread(event_log.close)
+            raise
         try:
             await asyncio.to_thread(consumer.wait_for_assignment)
             while not self._pool.ready:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.files import private_file
+from common.sqlite import connect
 from streams.events import CompletionEvent, Event, RankingFeedback, ThumbsFeedback
 from streams.log import Record
 from trainer.preferences.pairs import Consensus, Judgement, merge_judgements, thumbs_pairs
@@ -124,8 +124,7 @@ class DatasetStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         private_file(self.path)  # every user's prompts: owner only
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.path, durable_sync=True)
         self._db.executescript(_SCHEMA)
         self._migrate()
 
