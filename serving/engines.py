@@ -161,7 +161,10 @@ class EnginePool:
                 models = (await response.json())["data"]
             base = next(m for m in models if m.get("parent") is None)
             engine.base_model, engine.base_model_root = base["id"], base.get("root")
-        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError, StopIteration) as error:
+        except Exception as error:  # noqa: BLE001 - any failed check is a down engine, never the end of the checks
+            # Besides connection errors and timeouts: an answer of another shape (a proxy's error
+            # page, another server on the port) raises KeyError, TypeError, AttributeError ...,
+            # which would otherwise end the background checks and freeze every engine's state.
             self.mark_down(engine, f"{type(error).__name__}: {error}")
             return
         if not engine.up:

@@ -136,3 +136,36 @@ def test_an_engine_whose_api_server_answers_but_whose_core_is_dead_is_down_with_
                 await pool.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_answer_of_another_shape_marks_the_engine_down_and_the_checks_go_on() -> None:
+    """Another server on the engine's port (or a proxy's error page) answers /v1/models with
+    JSON that is not vLLM's: the engine is down with the reason, and the checks take it back
+    once the answer is right again."""
+    port, answer = free_port(), [{"data": ["not", "a", "model"]}]
+
+    async def listing(_: web.Request) -> web.Response:
+        return web.json_response(answer[0])
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", listing)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        pool = EnginePool([url(port)], interval_s=0.05)
+        try:
+            await pool.start()
+            assert not pool.ready
+            assert "AttributeError" in str(pool.engines[0].last_error)
+            answer[0] = {"data": [{"id": "demo", "parent": None}]}
+            for _ in range(100):  # the background checks, not a call of ours, take it back
+                await asyncio.sleep(0.05)
+                if pool.ready:
+                    break
+            assert pool.ready and pool.engines[0].base_model == "demo"
+        finally:
+            await pool.stop()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
