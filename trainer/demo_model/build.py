@@ -110,19 +110,22 @@ class DemoModelConfig:
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# Budgets measured on 2 AVX2 cores without other load: ~3,600 trained tokens/s for demo and
-# ~14,000 for tiny; corpus 3 has ~65 tokens per dialogue, so demo's 900 steps train ~0.93M
-# tokens. Learning rates from a sweep at these budgets (demo: 5e-4, 1e-3, 2e-3, 4e-3, and
-# again 2e-3 against 1e-3 on corpus 2: no more answers on topic; tiny: 2e-3, 4e-3); small
-# batches learn more per token here.
+# Budgets measured on 2 AVX2 cores without other load: ~7,300 trained tokens/s for demo and
+# ~14,000 for tiny; corpus 3 has ~65 tokens per dialogue, so demo's 2,000 steps train ~2.1M
+# tokens. Within the same 5 minutes a narrower model that sees more tokens answers more on
+# topic: 256 wide for 900 steps (1e-3), 38 % of held-out answers at temperature 1; 192 wide for
+# 1,400 steps (2e-3), 46 %; 128 wide for 2,000 steps (3e-3), 46 %, with the broadest mix of
+# styles (BENCHMARKS.md, *The demo model on topic*). Learning rates: for 256 wide a sweep of
+# 5e-4, 1e-3, 2e-3, 4e-3; the narrower ones were tried at one rate each; tiny: 2e-3, 4e-3.
+# Small batches learn more per token here.
 VARIANTS: dict[str, DemoModelConfig] = {
     config.name: config
     for config in (
-        # The service's default base model: about 4.5 minutes to build.
+        # The service's default base model: about 5 minutes to build (301 s measured).
         DemoModelConfig(
-            name="demo", vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4,
-            intermediate_size=688, max_position_embeddings=1024, corpus_size=20_000,
-            train_steps=900, batch_size=16, learning_rate=1e-3, warmup_steps=30,
+            name="demo", vocab_size=2048, hidden_size=128, num_layers=4, num_heads=2,
+            intermediate_size=344, max_position_embeddings=1024, corpus_size=20_000,
+            train_steps=2000, batch_size=16, learning_rate=3e-3, warmup_steps=30,
         ),
         # For tests: about 40 seconds to build.
         DemoModelConfig(
