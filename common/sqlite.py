@@ -45,8 +45,8 @@ def _switch_to_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as error:
-            lock_error = "locked" in str(error) or "busy" in str(error)
-            if not lock_error or time.monotonic() + pause > deadline:
+            locked = error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not locked or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(2 * pause, _LONGEST_PAUSE_S)

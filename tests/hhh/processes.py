@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,15 +14,11 @@ import httpx
 import psutil
 
 from common.processes import free_port
+from tests.fixtures.waiting import wait_for
 
 CHAT = {"model": "hhh", "messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 4}
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def ready(url: str) -> bool:

@@ -4,12 +4,13 @@ it runs but stays unhealthy after it had come up (a vLLM API server over a dead 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from hhh.supervisor import ProcessSupervisor
 from serving.engine import EngineHealth
+from tests.fixtures.waiting import wait_for
 
 
 class StandIn:
@@ -41,11 +42,6 @@ class StandIn:
         self.listening = self.healthy = True
 
 
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -66,7 +62,7 @@ def test_a_child_that_runs_but_stays_unhealthy_after_coming_up_is_restarted(
     supervisor = supervise(child)
     try:
         child.listening = True  # it answers, already unhealthy: its core died at once
-        wait_for(lambda: child.starts == 2, "the restart")
+        wait_for(lambda: child.starts == 2, 30, "the restart", interval_s=0.01)
         assert supervisor.restarts == 1
         assert "the engine stayed unhealthy for" in caplog.text
         assert "its engine core is dead" in caplog.text
@@ -95,11 +91,11 @@ def test_a_child_that_never_answers_after_starting_is_restarted_at_the_start_tim
                                    start_timeout_s=0.3)
     supervisor.start()
     try:
-        wait_for(lambda: child.starts == 3, "two restarts of a child that never answers")
+        wait_for(lambda: child.starts == 3, 30, "two restarts of a child that never answers", interval_s=0.01)
         assert "the engine has not answered" in caplog.text and "ConnectError" in caplog.text
         child.up_on_start = True
         child.come_up()  # this start (or, if a restart is under way, the next) answers
-        wait_for(lambda: supervisor._answered_since_start, "the child to answer")
+        wait_for(lambda: supervisor._answered_since_start, 30, "the child to answer", interval_s=0.01)
         starts = child.starts
         time.sleep(0.5)
         assert child.starts == starts, "a child that answered is not restarted by the start timeout"
@@ -123,7 +119,7 @@ def test_without_a_probe_only_an_exit_restarts(child: StandIn, caplog: pytest.Lo
     supervisor = supervise(child, probe=False)
     try:
         child.running = False
-        wait_for(lambda: child.starts == 2, "the restart")
+        wait_for(lambda: child.starts == 2, 30, "the restart", interval_s=0.01)
         assert "the engine exited; restarting it (restart 1)" in caplog.text
     finally:
         supervisor.stop()

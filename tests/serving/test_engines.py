@@ -23,11 +23,20 @@ async def models(_: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def fake_engine(port: int, health: list[int] | None = None) -> AsyncIterator[str]:
-    """A server answering /v1/models on ``port`` while the block runs; with ``health``, also
-    /health, with the status ``health[0]`` holds at the time (no /health without it: 404)."""
+async def fake_engine(
+    port: int, health: list[int] | None = None, listing: list[object] | None = None
+) -> AsyncIterator[str]:
+    """A server answering /v1/models on ``port`` while the block runs (with ``listing``, the JSON
+    ``listing[0]`` holds at the time); with ``health``, also /health, with the status
+    ``health[0]`` holds at the time (no /health without it: 404)."""
     app = web.Application()
-    app.router.add_get("/v1/models", models)
+    if listing is None:
+        app.router.add_get("/v1/models", models)
+    else:
+        async def answer_listing(_: web.Request) -> web.Response:
+            return web.json_response(listing[0])
+
+        app.router.add_get("/v1/models", answer_listing)
     if health is not None:
         async def answer_health(_: web.Request) -> web.Response:
             return web.Response(status=health[0])
@@ -144,28 +153,20 @@ def test_an_answer_of_another_shape_marks_the_engine_down_and_the_checks_go_on()
     once the answer is right again."""
     port, answer = free_port(), [{"data": ["not", "a", "model"]}]
 
-    async def listing(_: web.Request) -> web.Response:
-        return web.json_response(answer[0])
-
     async def scenario() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", listing)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        pool = EnginePool([url(port)], interval_s=0.05)
-        try:
-            await pool.start()
-            assert not pool.ready
-            assert "AttributeError" in str(pool.engines[0].last_error)
-            answer[0] = {"data": [{"id": "demo", "parent": None}]}
-            for _ in range(100):  # the background checks, not a call of ours, take it back
-                await asyncio.sleep(0.05)
-                if pool.ready:
-                    break
-            assert pool.ready and pool.engines[0].base_model == "demo"
-        finally:
-            await pool.stop()
-            await runner.cleanup()
+        async with fake_engine(port, listing=answer):
+            pool = EnginePool([url(port)], interval_s=0.05)
+            try:
+                await pool.start()
+                assert not pool.ready
+                assert "AttributeError" in str(pool.engines[0].last_error)
+                answer[0] = {"data": [{"id": "demo", "parent": None}]}
+                for _ in range(100):  # the background checks, not a call of ours, take it back
+                    await asyncio.sleep(0.05)
+                    if pool.ready:
+                        break
+                assert pool.ready and pool.engines[0].base_model == "demo"
+            finally:
+                await pool.stop()
 
     asyncio.run(scenario())

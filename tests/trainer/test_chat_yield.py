@@ -4,7 +4,6 @@ maximum, and never for a gateway that does not answer."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests.fixtures.fake_engine import fake_engine
 from tests.fixtures.gateway import RunningGateway, start_gateway
 from trainer.chat_yield import ChatYield
 from trainer.config import TrainerSettings
+from tests.fixtures.waiting import wait_for
 
 STREAM = {"model": "hhh", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
 
@@ -52,11 +52,6 @@ def chat_in_background(gateway: RunningGateway, count: int) -> list[threading.Th
     return threads
 
 
-def wait_for(condition, timeout_s: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def yielded_seconds() -> float:
@@ -70,7 +65,7 @@ def test_the_trainer_waits_while_the_gateway_has_more_chats_in_flight_than_the_t
     assert chat_yield.chats_in_flight() == 0
     assert chat_yield.pause_while_busy("PPO iteration 1") == 0.0  # idle: no pause
     streams = chat_in_background(gateway, 2)
-    wait_for(lambda: chat_yield.chats_in_flight() == 2)
+    wait_for(lambda: chat_yield.chats_in_flight() == 2, 30, "two chats in flight", interval_s=0.02)
     before = yielded_seconds()
     threading.Timer(0.5, hold.set).start()
     waited = chat_yield.pause_while_busy("PPO iteration 2")
@@ -84,7 +79,7 @@ def test_the_trainer_waits_while_the_gateway_has_more_chats_in_flight_than_the_t
 def test_under_steady_chat_the_pause_ends_after_the_maximum(gateway: RunningGateway) -> None:
     chat_yield = ChatYield(gateway.url, above=0, max_pause_s=0.5, poll_interval_s=0.05)
     chat_in_background(gateway, 1)  # held open until the test ends
-    wait_for(lambda: chat_yield.chats_in_flight() == 1)
+    wait_for(lambda: chat_yield.chats_in_flight() == 1, 30, "one chat in flight", interval_s=0.02)
     waited = chat_yield.pause_while_busy("DPO epoch 1")
     assert 0.5 <= waited < 15  # a poll may take a while on a busy machine
     assert chat_yield.chats_in_flight() == 1

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from streams.log import EventLog
 from tests.fixtures.event_logs import open_log
 from tests.fixtures.gateway import RunningGateway, start_gateway
 from trainer.demo_model.adapters import make_lora_adapter
+from tests.fixtures.waiting import wait_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.kafka]
 
@@ -100,11 +100,6 @@ def rig(vllm_engine: EngineProcess, tiny_model_dir: Path, kafka_settings: KafkaS
         httpx.post(f"{vllm_engine.url}/v1/unload_lora_adapter", json={"lora_name": leftover})
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def chat(url: str, user: str) -> httpx.Response:

@@ -17,6 +17,7 @@ from streams.codec import ADAPTERS, DEAD_LETTERS
 from streams.sqlite_log import SqliteEventLog
 from tests.fixtures.fake_engine import fake_engine
 from tests.fixtures.gateway import start_gateway
+from tests.fixtures.waiting import wait_for
 
 
 def dead_letters_of(log_path: Path) -> list[str]:
@@ -39,23 +40,13 @@ def test_a_poison_adapters_message_is_dead_lettered_at_once_not_at_the_next_good
         try:
             controller = running.gateway.adapters
             assert controller is not None
-            deadline = time.monotonic() + 20
-            while dead_letters_of(log_path) != [ADAPTERS]:
-                assert time.monotonic() < deadline, "the dead letter never reached the log"
-                time.sleep(0.2)
-            while not controller.caught_up.is_set():  # it read on past the poison message
-                assert time.monotonic() < deadline, "the controller never caught up"
-                time.sleep(0.05)
+            wait_for(lambda: dead_letters_of(log_path) == [ADAPTERS], 20, "the dead letter to reach the log")
+            wait_for(controller.caught_up.is_set, 20, "the controller to read on past the poison message")
             assert controller.last_error is None
         finally:
             running.stop()
 
 
-def wait_for(condition: object, what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_an_event_log_that_fails_to_open_is_logged_counted_and_followed_again(tmp_path: Path) -> None:
@@ -81,11 +72,11 @@ def test_an_event_log_that_fails_to_open_is_logged_counted_and_followed_again(tm
         try:
             controller = running.gateway.adapters
             assert controller is not None
-            wait_for(lambda: controller.last_error is not None, "the failure was never recorded")
+            wait_for(lambda: controller.last_error is not None, 20, "the failure to be recorded")
             assert controller.last_error == "following the adapters topic: OperationalError: database is locked"
             assert metrics.ADAPTER_CONTROLLER_FAILURES._value.get() == failures_before + 1
-            wait_for(lambda: dead_letters_of(log_path) == [ADAPTERS], "the controller never followed again")
-            wait_for(controller.caught_up.is_set, "the controller never caught up")
+            wait_for(lambda: dead_letters_of(log_path) == [ADAPTERS], 20, "the controller to follow again")
+            wait_for(controller.caught_up.is_set, 20, "the controller to catch up")
             assert len(opened) >= 3
         finally:
             running.stop()
