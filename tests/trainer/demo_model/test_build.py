@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import random
 import re
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformers import (
 from serving.engine import EngineProcess
 from tests.fixtures.vllm_engine import TINY_SERVED_NAME
 from trainer.config import RESPONSE_TOKENS
-from trainer.demo_model import build
+from trainer.demo_model import build, corpus
 from trainer.demo_model.build import VARIANTS, DemoModelConfig, build_demo_model, build_model
 from trainer.demo_model.corpus import (
     STYLES,
@@ -117,9 +118,20 @@ def all_training_user_messages() -> set[str]:
 
 
 PSEUDO_MESSAGE = "|".join(
-    re.escape(phrasing).replace(re.escape("{" + slot + "}"), "[a-z]+( [a-z]+)?")
+    re.escape(phrasing).replace(re.escape("{" + slot + "}"), "[A-Za-z]+( [A-Za-z]+)?")
     for intent in INTENTS for phrasing in intent.phrasings for slot in intent.slots)
 """Any training phrasing whose slot holds a made-up value (`corpus.PSEUDO_SLOT_RATE`)."""
+
+
+def test_made_up_slot_values_are_never_held_out_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Syllables that spell held-out values: one word of one syllable is "vienna" or "seoul".
+    monkeypatch.setattr(corpus, "_ONSETS", ("",))
+    monkeypatch.setattr(corpus, "_NUCLEI", ("vienna", "seoul"))
+    monkeypatch.setattr(corpus, "_CODAS", ("",))
+    values = [corpus._pseudo_word(random.Random(seed)) for seed in range(200)]
+    assert not {v.lower() for v in values} & {"vienna", "seoul"}
+    assert {len(v.split()) for v in values} == {1, 2}
+    assert any(v[0].isupper() for v in values) and any(v[0].islower() for v in values)
 
 
 def test_heldout_prompts_never_occur_in_training() -> None:
@@ -219,6 +231,29 @@ def test_build_is_deterministic_for_a_seed_and_cached(
     assert build_model(SMOKE, seed=0, home=tmp_path / "a") == first
     assert sorted(p.name for p in (tmp_path / "a" / "models").iterdir()) == sorted(
         [first.name, other_seed.name])  # no temporary folders left behind
+
+
+def test_reply_loss_is_the_models_own_loss_and_gradient() -> None:
+    config = build._llama_config(SMOKE, train_tokenizer(generate_dialogues(50), 512, 512))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    input_ids = torch.randint(0, config.vocab_size, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 8:] = 0  # a shorter sample, right-padded
+    labels = input_ids.clone()
+    labels[:, :5] = build.IGNORE_INDEX  # the prompt
+    labels[attention_mask == 0] = build.IGNORE_INDEX
+
+    ours = build.reply_loss(model, input_ids, labels, attention_mask)
+    ours.backward()
+    our_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    theirs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    theirs.backward()
+
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for ours_grad, param in zip(our_grads, model.parameters()):
+        torch.testing.assert_close(ours_grad, param.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_configs_reject_what_vllm_cannot_serve(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ MIN_STYLE_SHARE = 0.03
 
 @pytest.mark.xfail(strict=True, reason=(
     "issue 9 item 11 is not reached yet: the demo variant answers about half of held-out prompts "
-    "on topic at temperature 1 (54 % of these 204 samples, 46 % of 544 in BENCHMARKS.md)"))
+    "on topic at temperature 1 (48 % of these 204 samples, 51 % of 544 in BENCHMARKS.md)"))
 def test_demo_model_answers_heldout_prompts_on_topic_in_every_style(demo_model_dir: Path) -> None:
     prompts = heldout_prompts()
     answers = sample_answers(demo_model_dir, [p.user for p in prompts], SAMPLES_PER_PROMPT, seed=0)
