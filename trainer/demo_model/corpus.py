@@ -46,7 +46,8 @@ PSEUDO_SLOT_RATE = 0.5
 that the model learns to tell the intent from the phrasing and to copy any value it is given
 (held-out values are words it never saw). At 0.25, with lower-case consonant-vowel words only,
 a familiar wording with a held-out value was answered on topic 63 % of the time; at 0.5 with
-the shapes below, 73 % (BENCHMARKS.md, *The demo model on topic*)."""
+the shapes below, 73 % (77 % with the 2,300 steps of the demo variant now; BENCHMARKS.md, *The
+demo model on topic*)."""
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "st", "ch",
            "th", "gr", "pl", "tr", "sh", "w", "h", "j", "c", "")
 _NUCLEI = ("a", "e", "i", "o", "u", "ie", "ou", "ea", "oo", "ai", "y")
@@ -175,7 +176,7 @@ def _user_turn(rng: random.Random, intent: Intent) -> tuple[str, dict[str, str]]
 
 def _pseudo_word(rng: random.Random) -> str:
     """A made-up slot value: one or two words of one to three syllables, some capitalised
-    ("vomera", "Strouck dai"); never one of the held-out values, which training must not show."""
+    ("vomera", "Stouck dai"); never one of the held-out values, which training must not show."""
     while True:
         made_up = []
         for _ in range(rng.randint(1, 2)):
