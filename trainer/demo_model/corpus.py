@@ -52,6 +52,7 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
            "th", "gr", "pl", "tr", "sh", "w", "h", "j", "c", "")
 _NUCLEI = ("a", "e", "i", "o", "u", "ie", "ou", "ea", "oo", "ai", "y")
 _CODAS = ("", "", "", "n", "r", "s", "l", "sh", "t", "m", "ck", "nd")
+"""Syllable endings; the empty one three times, so that a quarter of syllables end open."""
 _CAPITALISED_RATE = 0.3
 """Fraction of made-up words written like a name ("Vienna", "Portuguese" are held-out values)."""
 
