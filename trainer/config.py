@@ -79,6 +79,12 @@ class TrainerSettings(BaseSettings):
         "arriving more often than HHH_TRAINER_INGEST_IDLE_S); the next round reads the rest.",
     )
     ppo_iterations: int = Field(default=8, ge=1, description="PPO iterations per global round.")
+    resume_unproven: bool = Field(
+        default=True,
+        description="The next global round resumes a candidate the gate refused only for want of "
+        "evidence (a positive but insignificant reward gain, nothing measured worse) instead of "
+        "starting again from the deployed adapter (`trainer.unproven`).",
+    )
     prompt_pool: int = Field(
         default=512, ge=1, description="Most recent distinct training prompts PPO samples from."
     )

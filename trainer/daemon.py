@@ -12,7 +12,9 @@ A round (`TrainingDaemon.run_round`):
    the first round), β from where that adapter's round left it, PPO on recent training
    prompts, then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
    (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
-   published (adapter store write, then the ``adapters`` event);
+   published (adapter store write, then the ``adapters`` event); one refused only for want of
+   evidence is kept, and the next round's policy (not its reference) starts from it instead
+   (`trainer.unproven`);
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
    own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
    global adapter (also the reference), published as ``user:<id>`` if it agrees with the
@@ -80,6 +82,7 @@ from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
 from trainer.rl.rollout import Conversation
 from trainer.stats import weighted_lower_bound
+from trainer.unproven import UnprovenStore
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +143,8 @@ class TrainingDaemon:
         self.dpo = dpo_settings
         self.gate = gate
         self.attempts = AttemptLog(settings.runs_dir)
+        self.unproven = UnprovenStore(settings.runs_dir)
+        """The global candidate a round left unproven, which the next one resumes."""
         self._harmlessness: RewardFn | None = None
         self.chat_yield = ChatYield.from_settings(settings)
         """Pauses PPO and DPO while chat is busy (``HHH_TRAINER_YIELD_*``); None: never."""
@@ -204,16 +209,21 @@ class TrainingDaemon:
         if why := evidence.lacks_news(since, s.min_new_prompts):
             report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); no PPO round")
             return
+        resumed = self.unproven.resumable(deployed) if s.resume_unproven else None
+        if resumed:
+            report.note(f"global: resuming the candidate round {resumed.round_id} left unproven "
+                        f"({resumed.rounds} round(s) of PPO against the version deployed now)")
         use_threads(self.ppo.threads)
         stack = load_policy_stack(
             self.base_model, self._path_of("global", deployed),
             lora_config(self.ppo.lora_rank, self.ppo.lora_alpha, self.ppo.lora_target_modules),
             share_base=True, seed=self.ppo.seed, placement=self.placement,
+            resume=resumed.folder if resumed else None,
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
         trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
-                             initial_beta=deployed_metrics.get("kl_beta"))
+                             initial_beta=resumed.kl_beta if resumed else deployed_metrics.get("kl_beta"))
         trainer.train(prompts, s.ppo_iterations, pause=self._pause)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
@@ -223,10 +233,17 @@ class TrainingDaemon:
         self.attempts.record("global", evidence)
         for stat, value in decision.manifest_metrics().items():
             GATE_STAT.labels(scope_kind="global", stat=stat).set(value)
+        ppo_rounds = (resumed.rounds if resumed else 0) + 1
         metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
-                   "kl_beta": trainer.kl_controller.beta}
+                   "kl_beta": trainer.kl_controller.beta, "ppo_rounds": float(ppo_rounds)}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
                                 decision.reasons, metrics)
+        if s.resume_unproven and decision.unproven:
+            self.unproven.keep(stack, deployed, ppo_rounds, trainer.kl_controller.beta, report.round_id)
+            report.note(f"global: kept the candidate as unproven ({ppo_rounds} round(s) of PPO, nothing "
+                        "measured worse): the next round with new evidence resumes it")
+        else:
+            self.unproven.discard()
 
     # -- per-user DPO --------------------------------------------------------------------------
 

@@ -99,6 +99,17 @@ class GateDecision:
     harmlessness_gain: MeanBound | None = None
     """Paired change in harmlessness over the red-team prompts; None without that check."""
     red_team_prompts: int = 0
+    measured_worse: bool = False
+    """A check that measures harm failed: a KL budget, or non-inferiority on held-out human
+    pairs or on the red team (not merely too few pairs or an insignificant reward gain)."""
+
+    @property
+    def unproven(self) -> bool:
+        """Refused only for want of evidence: nothing measured worse, and the reward gain's
+        mean is positive though its bound does not clear the margin (or held-out pairs were
+        too few). Such a candidate is worth resuming (`trainer.unproven`)."""
+        return (not self.publish and not self.measured_worse
+                and self.reward_gain is not None and self.reward_gain.mean > 0)
 
     def as_metrics(self) -> dict[str, object]:
         """A JSON-able summary for the run record."""
@@ -109,7 +120,8 @@ class GateDecision:
                 "kl_to_deployed": self.kl_to_deployed, "kl_to_base": self.kl_to_base,
                 "heldout_prompts": self.heldout_prompts, "heldout_pairs": self.heldout_pairs,
                 "harmlessness_gain": asdict(self.harmlessness_gain) if self.harmlessness_gain else None,
-                "red_team_prompts": self.red_team_prompts}
+                "red_team_prompts": self.red_team_prompts, "measured_worse": self.measured_worse,
+                "unproven": self.unproven}
 
     def manifest_metrics(self) -> dict[str, float]:
         """The figures a published adapter's manifest carries (finite floats only)."""
@@ -155,6 +167,9 @@ def decide(
             f"{reward_gain.mean:+.3f} ± {reward_gain.standard_error:.3f} over {heldout_prompts} "
             f"prompts), does not exceed the margin {settings.reward_margin:.3f} (candidate "
             f"{candidate.reward_mean:.3f}, deployed {deployed.reward_mean:.3f})")
+    # The reasons so far, and too few held-out pairs, say that evidence is wanting; the other
+    # checks measure harm (`GateDecision.measured_worse`).
+    proof_lacking = len(reasons)
     if kl_to_deployed > settings.kl_budget:
         reasons.append(f"KL to the deployed adapter {kl_to_deployed:.2f} nats exceeds the budget "
                        f"{settings.kl_budget:.2f}")
@@ -162,6 +177,7 @@ def decide(
         reasons.append(f"KL to the base model {kl_to_base:.2f} nats exceeds the budget across rounds "
                        f"{settings.anchor_kl_budget:.2f} (HHH_GATE_ANCHOR_KL_BUDGET)")
     if heldout_pairs < settings.min_heldout_pairs:
+        proof_lacking += 1
         reasons.append(f"only {heldout_pairs} held-out human pairs; at least "
                        f"{settings.min_heldout_pairs} are needed for an independent check")
     elif agreement_gain is not None and not agreement_gain.lower > -settings.agreement_margin:
@@ -174,7 +190,7 @@ def decide(
         reasons.append(why)
     return GateDecision(not reasons, tuple(reasons), candidate, deployed, reward_gain,
                         agreement_gain, kl_to_deployed, kl_to_base, heldout_prompts, heldout_pairs,
-                        harmlessness_gain, red_team_prompts)
+                        harmlessness_gain, red_team_prompts, measured_worse=len(reasons) > proof_lacking)
 
 
 def harmlessness_reason(

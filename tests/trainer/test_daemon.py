@@ -175,6 +175,65 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
     assert announced == [("global", 1)]
 
 
+def ppo_iterations_of(runs_dir: Path, report: RoundReport) -> list[dict]:
+    entries = [json.loads(line) for line in (runs_dir / f"{report.round_id}.jsonl").read_text().splitlines()]
+    return [entry for entry in entries if "iteration" in entry]
+
+
+def round_left_unproven(tmp_path: Path, model_dir: Path, event_log: EventLog) -> tuple[TrainingDaemon, RoundReport]:
+    """A first round on politeness feedback whose candidate the gate refuses for want of evidence
+    only: a reward margin no gain clears, every other check lenient."""
+    event_log.create_topics()
+    publish_all(event_log, politeness_events(range(0, 120)))
+    strict = daemon_for(tmp_path, model_dir, event_log, **{**LENIENT_GATE, "reward_margin": 100.0})
+    # Enough PPO, and gate samples, that the gain's mean is positive, as `unproven` needs.
+    strict.settings = strict.settings.model_copy(update={"ppo_iterations": 8})
+    strict.ppo = strict.ppo.model_copy(update={"learning_rate": 5e-3})
+    strict.gate = strict.gate.model_copy(update={"min_samples": 64})
+    return strict, strict.run_round()
+
+
+def test_a_candidate_left_unproven_is_resumed_by_the_next_round(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A candidate refused only for want of evidence (a margin no gain clears; nothing measured
+    worse) is kept; the next round with new evidence starts its policy from it, not from the
+    deployed adapter, against the same reference, and what it publishes holds both rounds."""
+    event_log = SqliteEventLog(tmp_path / "events.db")
+    strict, first = round_left_unproven(tmp_path, tiny_model_dir, event_log)
+
+    assert first.published == [], first.steps
+    assert any("kept the candidate as unproven (1 round(s) of PPO" in step for step in first.steps), first.steps
+    kept = strict.unproven.resumable(None)
+    assert kept is not None and kept.rounds == 1 and kept.round_id == first.round_id
+    # The first round's policy started as the base model, its reference: no KL at first.
+    assert ppo_iterations_of(tmp_path / "runs", first)[0]["kl"] == 0.0
+
+    publish_all(event_log, politeness_events(range(120, 200)))
+    lenient = daemon_for(tmp_path, tiny_model_dir, event_log, **LENIENT_GATE)
+    second = lenient.run_round()
+
+    assert f"global: resuming the candidate round {first.round_id} left unproven (1 round(s) of PPO " \
+           "against the version deployed now)" in second.steps, second.steps
+    assert second.published == ["global@1"], second.steps
+    manifest = lenient.adapters.get("global", 1)
+    assert manifest.metrics["ppo_rounds"] == 2.0 and manifest.parent_version is None
+    # Resumed: the policy's first rollouts already differ from the reference (the base model).
+    assert abs(ppo_iterations_of(tmp_path / "runs", second)[0]["kl"]) > 1e-3
+    assert lenient.unproven.resumable(None) is None  # published: nothing left to resume
+    event_log.close()
+
+
+def test_an_unproven_candidate_is_dropped_once_another_version_is_deployed(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    event_log = SqliteEventLog(tmp_path / "events.db")
+    strict, _ = round_left_unproven(tmp_path, tiny_model_dir, event_log)
+    assert strict.unproven.resumable(None) is not None
+
+    assert strict.unproven.resumable(3) is None  # trained against the base; version 3 is deployed
+    assert not strict.unproven.folder.exists()
+    event_log.close()
+
+
 def test_a_scope_that_fails_is_recorded_and_the_round_goes_on(tiny_model_dir: Path, tmp_path: Path) -> None:
     """One scope's error (a user's bad data, a broken adapter folder) is contained: logged,
     counted, in the run record and the report; the next scope still runs."""

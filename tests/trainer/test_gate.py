@@ -59,27 +59,39 @@ def test_a_better_candidate_within_budget_is_published() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "reason"),
+    ("overrides", "reason", "unproven"),
     [
         ({"reward_gain": bound(0.3, 0.05)},
          "the 95% lower bound of the reward gain, +0.050 (mean +0.300 ± 0.152 over 10 prompts), "
-         "does not exceed the margin 0.100"),
-        ({"reward_gain": None, "heldout_prompts": 1}, "only 1 held-out prompt(s)"),
-        ({"kl_to_deployed": 7.5}, "KL to the deployed adapter 7.50 nats exceeds the budget 5.00"),
-        ({"kl_to_base": 30.0}, "KL to the base model 30.00 nats exceeds the budget across rounds 24.00"),
+         "does not exceed the margin 0.100", True),
+        ({"reward_gain": bound(-0.1, -0.3)},
+         "the 95% lower bound of the reward gain, -0.300 (mean -0.100 ± 0.122 over 10 prompts)", False),
+        ({"reward_gain": None, "heldout_prompts": 1}, "only 1 held-out prompt(s)", False),
+        ({"kl_to_deployed": 7.5}, "KL to the deployed adapter 7.50 nats exceeds the budget 5.00", False),
+        ({"kl_to_base": 30.0}, "KL to the base model 30.00 nats exceeds the budget across rounds 24.00", False),
         ({"agreement_gain": bound(-0.1, -0.25)},
          "agreement with held-out human pairs is not shown non-inferior: 95% lower bound of the "
-         "change -0.250 ≤ −0.150"),
-        ({"heldout_pairs": 3}, "only 3 held-out human pairs; at least 4 are needed"),
+         "change -0.250 ≤ −0.150", False),
+        ({"heldout_pairs": 3}, "only 3 held-out human pairs; at least 4 are needed", True),
         ({"harmlessness_gain": bound(-0.2, -0.3), "red_team_prompts": 20},
          "harmlessness on 20 red-team prompts is not shown non-inferior: 95% lower bound of the "
-         "change -0.300 ≤ −0.100"),
+         "change -0.300 ≤ −0.100", False),
     ],
 )
-def test_each_failed_check_refuses_with_its_reason(overrides: dict, reason: str) -> None:
+def test_each_failed_check_refuses_with_its_reason(overrides: dict, reason: str, unproven: bool) -> None:
+    """And only a refusal for want of evidence, with a positive mean gain, leaves the candidate
+    unproven (worth resuming, `trainer.unproven`); a check that measures harm never does."""
     decision = decision_for(AdapterScores(0.9, 0.8), **overrides)
     assert not decision.publish
     assert len(decision.reasons) == 1 and decision.reasons[0].startswith(reason), decision.reasons
+    assert decision.unproven is unproven
+    assert decision.as_metrics()["unproven"] is unproven
+
+
+def test_an_insignificant_gain_with_a_measured_harm_is_not_unproven() -> None:
+    decision = decision_for(AdapterScores(0.9, 0.8), reward_gain=bound(0.3, 0.05), kl_to_deployed=7.5)
+    assert len(decision.reasons) == 2 and decision.measured_worse and not decision.unproven
+    assert not decision_for(AdapterScores(0.5, 0.7)).unproven  # published: nothing to resume
 
 
 def heldout_pairs() -> list[TextPair]:

@@ -211,27 +211,31 @@ def load_policy_stack(
     share_base: bool = True,
     seed: int = 0,
     placement: Placement = CPU,
+    resume: Path | None = None,
 ) -> PolicyStack:
     """Policy, reference and value head for a round whose reference is `deployed_adapter`.
 
     The policy starts as a trainable copy of the deployed adapter (with its saved value head, if
-    any) or, on the first round, as a fresh LoRA adapter (`config`) that leaves the base unchanged.
+    any) or, on the first round, as a fresh LoRA adapter (`config`) that leaves the base unchanged;
+    with `resume` (a folder `PolicyStack.save_policy` wrote: a refused candidate kept by
+    `trainer.unproven`), as a copy of that one instead, the reference still the deployed adapter.
     PEFT keeps the adapters in float32 over a bfloat16 or float16 base (``autocast_adapter_dtype``).
     """
     base = load_frozen_base(base_dir, placement)
+    start = resume or deployed_adapter
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if deployed_adapter is None:
+        if start is None:
             peft_model = get_peft_model(base, config, adapter_name=POLICY_ADAPTER)
         else:
-            peft_model = PeftModel.from_pretrained(base, str(deployed_adapter),
-                                                   adapter_name=POLICY_ADAPTER, is_trainable=True)
+            peft_model = PeftModel.from_pretrained(base, str(start), adapter_name=POLICY_ADAPTER,
+                                                   is_trainable=True)
         # Zero at first: random values would drown the score in the first advantages.
         value_head = nn.Linear(base.config.hidden_size, 1)
         nn.init.zeros_(value_head.weight)
         nn.init.zeros_(value_head.bias)
-    if deployed_adapter is not None and (deployed_adapter / VALUE_HEAD_FILE).is_file():
-        value_head.load_state_dict(load_value_head(deployed_adapter).state_dict())
+    if start is not None and (start / VALUE_HEAD_FILE).is_file():
+        value_head.load_state_dict(load_value_head(start).state_dict())
     value_head.to(placement.device)
     if placement.gradient_checkpointing:
         enable_gradient_checkpointing(base)
