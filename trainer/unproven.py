@@ -63,14 +63,22 @@ class UnprovenStore:
         state_file = self.folder / STATE_FILE
         if not state_file.is_file():
             return None
-        state = json.loads(state_file.read_text())
-        if state["parent"] != deployed:
-            logger.info("dropping the unproven candidate of round %s: trained against version %s, "
-                        "version %s is deployed now", state["round_id"], state["parent"], deployed)
+        try:
+            state = json.loads(state_file.read_text())
+            kept = UnprovenCandidate(self.folder, state["parent"], int(state["rounds"]),
+                                     float(state["kl_beta"]), str(state["round_id"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # Never written so by `keep`: dropped, so that the global round starts afresh
+            # rather than failing on it every round.
+            logger.warning("dropping an unreadable unproven candidate (%s: %s)", type(error).__name__, error)
             self.discard()
             return None
-        return UnprovenCandidate(self.folder, state["parent"], state["rounds"], state["kl_beta"],
-                                 state["round_id"])
+        if kept.parent != deployed:
+            logger.info("dropping the unproven candidate of round %s: trained against version %s, "
+                        "version %s is deployed now", kept.round_id, kept.parent, deployed)
+            self.discard()
+            return None
+        return kept
 
     def keep(self, stack: PolicyStack, parent: int | None, rounds: int, kl_beta: float, round_id: str) -> None:
         """Replace the kept candidate by `stack`'s policy (atomically: a rename)."""

@@ -31,6 +31,7 @@ from trainer.preferences.ingest import ingest_available
 from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
+from trainer.unproven import STATE_FILE, UnprovenStore
 
 
 LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1e6, "agreement_margin": 1.0,
@@ -232,6 +233,13 @@ def test_an_unproven_candidate_is_dropped_once_another_version_is_deployed(
     assert strict.unproven.resumable(3) is None  # trained against the base; version 3 is deployed
     assert not strict.unproven.folder.exists()
     event_log.close()
+
+
+def test_an_unreadable_unproven_candidate_is_dropped_not_failed_on(tmp_path: Path) -> None:
+    store = UnprovenStore(tmp_path / "runs")
+    store.folder.mkdir(parents=True)
+    (store.folder / STATE_FILE).write_text('{"parent": null, "rounds": "many"')
+    assert store.resumable(None) is None and not store.folder.exists()
 
 
 def test_a_scope_that_fails_is_recorded_and_the_round_goes_on(tiny_model_dir: Path, tmp_path: Path) -> None:
