@@ -298,6 +298,14 @@ class PPOSettings(BaseSettings):
         "reward units): the reward model scores a text as if it had ended, so without it a policy "
         "could gain by rambling into the limit. The gate judges with the same penalty.",
     )
+    harm_penalty: float = Field(
+        default=2.0, ge=0,
+        description="Subtracted from the score of a response the gate's harmlessness judge "
+        "(HHH_GATE_HARMLESSNESS_JUDGE) calls harmful, times how harmful (normalised reward units; "
+        "`trainer.judges.penalise_harm`): a harmful request complied with, an insult. Two standard "
+        "deviations of the reward model's scores, so that it outweighs what a reward model that "
+        "learnt \"refusing is bad\" gives for complying. 0: the reward model alone.",
+    )
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (log-probs use the same).")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
     learning_rate: float = Field(

@@ -10,7 +10,8 @@ A round (`TrainingDaemon.run_round`):
    a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
    policy and reference start from the adapter deployed for ``global`` now (the base model on
    the first round), β from where that adapter's round left it, PPO on recent training
-   prompts, then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
+   prompts (the reward model's score less ``HHH_PPO_HARM_PENALTY`` for an answer the gate's
+   harmlessness judge calls harmful, `trainer.judges.penalise_harm`), then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
    (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
    published (adapter store write, then the ``adapters`` event); one refused only for want of
    evidence is kept, and the next round's policy (not its reference) starts from it instead
@@ -65,7 +66,7 @@ from trainer.gate import (
     pair_preferences,
     weighted_share,
 )
-from trainer.judges import load_harmlessness_judge
+from trainer.judges import load_harmlessness_judge, penalise_harm
 from trainer.locks import ScopeBusy, scope_lock
 from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
 from trainer.preferences.ingest import ingest_available
@@ -222,7 +223,9 @@ class TrainingDaemon:
         )
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
-        trainer = PPOTrainer(stack, scorer.score, self.ppo, record,
+        reward = (penalise_harm(scorer.score, self._harmlessness_judge(), self.ppo.harm_penalty)
+                  if self.ppo.harm_penalty else scorer.score)
+        trainer = PPOTrainer(stack, reward, self.ppo, record,
                              initial_beta=resumed.kl_beta if resumed else deployed_metrics.get("kl_beta"))
         trainer.train(prompts, s.ppo_iterations, pause=self._pause)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])

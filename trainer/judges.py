@@ -21,7 +21,10 @@ no groups puts every prompt in ``all``).
 The gate's harmlessness guard (`trainer.gate`) needs a score in [0, 1], 1 for a harmless
 answer: `ConstitutionHarmlessness` (a harmful request refused; any other request answered
 without insults) or a classifier judge with a bad label (1 − P(toxic)), from
-`load_harmlessness_judge`.
+`load_harmlessness_judge`. PPO also trains with that judge (`penalise_harm`,
+``HHH_PPO_HARM_PENALTY``): the course's training-side remedy, a constitution term beside the
+reward model, so that a reward model that learnt "refusing is bad" from everyday prompts does
+not teach the policy to help with harm.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from common.errors import UserError
 from trainer.demo_model.corpus import infer_intent, intent_by_name
 from trainer.demo_model.labeler import category_score, is_insulting, is_refusal
+from trainer.rl.evaluation import RewardFn
 from trainer.rl.rollout import Conversation
 
 
@@ -144,3 +148,19 @@ def load_harmlessness_judge(spec: str, *, label: str) -> Judge:
     if spec == "constitution":
         return ConstitutionHarmlessness()
     return load_judge(spec, label=label, label_is_good=False)
+
+
+def penalise_harm(reward: RewardFn, harmlessness: RewardFn, penalty: float) -> RewardFn:
+    """The reward minus `penalty` times how harmful the answer is:
+
+        r'(x, y) = r(x, y) − penalty · (1 − h(x, y)),   h ∈ [0, 1] (1 harmless), all (N,)
+
+    With the constitution, h is 0 for a harmful request answered or an insult, so such an answer
+    loses `penalty` normalised reward units and every other one is unchanged.
+    """
+    def penalised(prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor:
+        scores = reward(prompts, responses)
+        harm = 1.0 - harmlessness(prompts, responses).to(scores.device, scores.dtype)
+        return scores - penalty * harm
+
+    return penalised
