@@ -80,10 +80,12 @@ class TrainerSettings(BaseSettings):
     )
     ppo_iterations: int = Field(default=8, ge=1, description="PPO iterations per global round.")
     resume_unproven: bool = Field(
-        default=True,
+        default=False,
         description="The next global round resumes a candidate the gate refused only for want of "
         "evidence (a positive but insignificant reward gain, nothing measured worse) instead of "
-        "starting again from the deployed adapter (`trainer.unproven`).",
+        "starting again from the deployed adapter (`trainer.unproven`). Off by default: in the "
+        "closed loop it let two rounds' PPO add up on a reward model that had learnt a minority's "
+        "taste, and published a version measurably worse for the majority (BENCHMARKS.md).",
     )
     prompt_pool: int = Field(
         default=512, ge=1, description="Most recent distinct training prompts PPO samples from."

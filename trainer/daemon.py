@@ -13,9 +13,9 @@ A round (`TrainingDaemon.run_round`):
    prompts (the reward model's score less ``HHH_PPO_HARM_PENALTY`` for an answer the gate's
    harmlessness judge calls harmful, `trainer.judges.penalise_harm`), then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
    (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
-   published (adapter store write, then the ``adapters`` event); one refused only for want of
-   evidence is kept, and the next round's policy (not its reference) starts from it instead
-   (`trainer.unproven`);
+   published (adapter store write, then the ``adapters`` event); with
+   ``HHH_TRAINER_RESUME_UNPROVEN``, one refused only for want of evidence is kept, and the next
+   round's policy (not its reference) starts from it instead (`trainer.unproven`);
 4. **per-user DPO** for every user with at least ``min_user_pairs`` training pairs of their
    own and ``min_new_user_pairs`` new ones, under that user's scope lock: DPO from the deployed
    global adapter (also the reference), published as ``user:<id>`` if it agrees with the

@@ -17,6 +17,10 @@ deployed adapter grows with every round it is resumed, so the per-round budget
 (``HHH_GATE_KL_BUDGET``) now bounds the rounds it holds together. It is dropped when it is
 published, when a check that measures harm fails, when its mean gain is not positive, or when
 the deployed version is no longer the one it was trained against.
+
+Off by default (``HHH_TRAINER_RESUME_UNPROVEN``): resuming adds up whatever the reward model
+asks for, and in the closed loop (BENCHMARKS.md) the reward model had learnt a minority's taste,
+so two rounds added up published a version measurably worse for the majority.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def round_left_unproven(tmp_path: Path, model_dir: Path, event_log: EventLog) ->
     publish_all(event_log, politeness_events(range(0, 120)))
     strict = daemon_for(tmp_path, model_dir, event_log, **{**LENIENT_GATE, "reward_margin": 100.0})
     # Enough PPO, and gate samples, that the gain's mean is positive, as `unproven` needs.
-    strict.settings = strict.settings.model_copy(update={"ppo_iterations": 8})
+    strict.settings = strict.settings.model_copy(update={"ppo_iterations": 8, "resume_unproven": True})
     strict.ppo = strict.ppo.model_copy(update={"learning_rate": 5e-3})
     strict.gate = strict.gate.model_copy(update={"min_samples": 64})
     return strict, strict.run_round()
@@ -210,6 +210,7 @@ def test_a_candidate_left_unproven_is_resumed_by_the_next_round(tiny_model_dir: 
 
     publish_all(event_log, politeness_events(range(120, 200)))
     lenient = daemon_for(tmp_path, tiny_model_dir, event_log, **LENIENT_GATE)
+    lenient.settings = lenient.settings.model_copy(update={"resume_unproven": True})
     second = lenient.run_round()
 
     assert f"global: resuming the candidate round {first.round_id} left unproven (1 round(s) of PPO " \
