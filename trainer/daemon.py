@@ -11,7 +11,8 @@ A round (`TrainingDaemon.run_round`):
    policy and reference start from the adapter deployed for ``global`` now (the base model on
    the first round), β from where that adapter's round left it, PPO on recent training
    prompts (the reward model's score less ``HHH_PPO_HARM_PENALTY`` for an answer the gate's
-   harmlessness judge calls harmful, `trainer.judges.penalise_harm`), then the gate (`trainer.gate`) on held-out prompts and pairs and on the red team
+   harmlessness judge calls harmful, `trainer.judges.penalise_harm`), then the gate
+   (`trainer.gate`) on held-out prompts and pairs and on the red team
    (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
    published (adapter store write, then the ``adapters`` event); with
    ``HHH_TRAINER_RESUME_UNPROVEN``, one refused only for want of evidence is kept, and the next
@@ -145,7 +146,8 @@ class TrainingDaemon:
         self.gate = gate
         self.attempts = AttemptLog(settings.runs_dir)
         self.unproven = UnprovenStore(settings.runs_dir)
-        """The global candidate a round left unproven, which the next one resumes."""
+        """The global candidate a round left unproven, which the next one resumes
+        (``HHH_TRAINER_RESUME_UNPROVEN``)."""
         self._harmlessness: RewardFn | None = None
         self.chat_yield = ChatYield.from_settings(settings)
         """Pauses PPO and DPO while chat is busy (``HHH_TRAINER_YIELD_*``); None: never."""

@@ -84,7 +84,9 @@ class UnprovenStore:
             return None
         return kept
 
-    def keep(self, stack: PolicyStack, parent: int | None, rounds: int, kl_beta: float, round_id: str) -> None:
+    def keep(
+        self, stack: PolicyStack, parent: int | None, rounds: int, kl_beta: float, round_id: str
+    ) -> None:
         """Replace the kept candidate by `stack`'s policy (atomically: a rename)."""
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".unproven-", dir=self.folder.parent))
