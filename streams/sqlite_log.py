@@ -10,6 +10,10 @@ consumer groups with committed offsets) without a broker to run:
 - Groups: a member registers with a heartbeat in ``group_members``; the live members of a
   group (sorted by id) split the partitions round-robin. A member silent for
   ``session_timeout_s`` is dropped and its partitions move on from the committed offsets.
+- Threads: each connection is used under its object's lock, so ``close`` from one thread never
+  frees a connection another thread is reading (CPython's sqlite3 crashes the process then: a
+  gateway stopping while its adapters poll was in a worker thread did, in CI). A call after
+  ``close`` raises ``sqlite3.ProgrammingError``.
 """
 
 from __future__ import annotations
@@ -153,7 +157,8 @@ class SqliteEventLog(EventLog):
 
     def close(self) -> None:
         self.flush()
-        self._connection.close()
+        with self._lock:
+            self._connection.close()
 
 
 class SqliteConsumer(EventConsumer):
@@ -177,6 +182,7 @@ class SqliteConsumer(EventConsumer):
         self._from_beginning = from_beginning or group is None
         self._member = uuid.uuid4().hex
         self._connection = connect(event_log.path, durable_sync=event_log.durable_sync)
+        self._connection_lock = threading.Lock()
         self._positions: dict[tuple[str, int], int] = {}
         self._next_heartbeat = 0.0
 
@@ -229,9 +235,10 @@ class SqliteConsumer(EventConsumer):
     def _fetch(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         deadline = time.monotonic() + timeout_s
         while True:
-            if time.monotonic() >= self._next_heartbeat:
-                self._join()
-            fetched = list(self._read(max_records))
+            with self._connection_lock:
+                if time.monotonic() >= self._next_heartbeat:
+                    self._join()
+                fetched = list(self._read(max_records))
             if fetched or time.monotonic() >= deadline:
                 return fetched
             time.sleep(self._POLL_INTERVAL_S)
@@ -254,7 +261,7 @@ class SqliteConsumer(EventConsumer):
                 )
 
     def _commit(self) -> None:
-        with _transaction(self._connection):
+        with self._connection_lock, _transaction(self._connection):
             self._connection.executemany(
                 "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
                 [(self.group, t, p, position) for (t, p), position in self._positions.items()],
@@ -268,13 +275,14 @@ class SqliteConsumer(EventConsumer):
             self._positions[topic_partition] = 0
 
     def close(self) -> None:
-        if self.group is not None:
-            with _transaction(self._connection):
-                self._connection.execute(
-                    "DELETE FROM group_members WHERE grp = ? AND member = ?",
-                    (self.group, self._member),
-                )
-        self._connection.close()
+        with self._connection_lock:
+            if self.group is not None:
+                with _transaction(self._connection):
+                    self._connection.execute(
+                        "DELETE FROM group_members WHERE grp = ? AND member = ?",
+                        (self.group, self._member),
+                    )
+            self._connection.close()
 
 
 class _transaction:

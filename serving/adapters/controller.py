@@ -48,6 +48,7 @@ from pathlib import Path
 
 import aiohttp
 
+from common.threads import to_thread_to_the_end
 from serving import metrics
 from serving.adapters.config import AdapterSettings
 from serving.adapters.null_adapter import null_adapter
@@ -174,12 +175,12 @@ class HotSwapController:
             await asyncio.to_thread(event_log.close)
             raise
         try:
-            await asyncio.to_thread(consumer.wait_for_assignment)
+            await to_thread_to_the_end(consumer.wait_for_assignment)
             while not self._pool.ready:
                 await asyncio.sleep(self.settings.poll_timeout_s)
             while True:
                 try:
-                    batch = await asyncio.to_thread(consumer.poll_batch, 500, self.settings.poll_timeout_s)
+                    batch = await to_thread_to_the_end(consumer.poll_batch, 500, self.settings.poll_timeout_s)
                 except Exception:  # noqa: BLE001 - a broker outage must not end the controller
                     log.exception("reading the adapters topic failed; retrying")
                     await asyncio.sleep(1.0)
@@ -194,7 +195,7 @@ class HotSwapController:
                 for event, outcome in zip(latest.values(), outcomes, strict=True):
                     self._note_outcome(event, outcome)
                 if not batch.quiet:  # also past only undecodable messages: their dead letters
-                    await asyncio.to_thread(consumer.commit)  # are flushed, and written once
+                    await to_thread_to_the_end(consumer.commit)  # are flushed, and written once
                 elif not self.caught_up.is_set():
                     await self._unload_leftovers()
                     self.caught_up.set()
