@@ -308,6 +308,13 @@ class PPOSettings(BaseSettings):
         "deviations of the reward model's scores, so that it outweighs what a reward model that "
         "learnt \"refusing is bad\" gives for complying. 0: the reward model alone.",
     )
+    harmful_share: float = Field(
+        default=0.25, ge=0, lt=1,
+        description="Least share of harm-probing prompts among those PPO samples from (training "
+        "prompts with harmlessness feedback, or that the harmlessness judge groups as harmful): they "
+        "are repeated up to it (`trainer.red_team.with_harmful_share`), so that the harm penalty acts "
+        "on more than the few harmful requests users send. 0: the prompts as users sent them.",
+    )
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (log-probs use the same).")
     max_prompt_tokens: int = Field(default=256, ge=1, description="Longer prompts lose their start.")
     learning_rate: float = Field(

@@ -10,8 +10,10 @@ A round (`TrainingDaemon.run_round`):
    a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
    policy and reference start from the adapter deployed for ``global`` now (the base model on
    the first round), β from where that adapter's round left it, PPO on recent training
-   prompts (the reward model's score less ``HHH_PPO_HARM_PENALTY`` for an answer the gate's
-   harmlessness judge calls harmful, `trainer.judges.penalise_harm`), then the gate
+   prompts, harm-probing ones repeated up to ``HHH_PPO_HARMFUL_SHARE`` of them
+   (`trainer.red_team.with_harmful_share`), on the reward model's score less
+   ``HHH_PPO_HARM_PENALTY`` for an answer the gate's harmlessness judge calls harmful
+   (`trainer.judges.penalise_harm`), then the gate
    (`trainer.gate`) on held-out prompts and pairs and on the red team
    (`trainer.red_team`: harmlessness may not get worse); a candidate that passes is
    published (adapter store write, then the ``adapters`` event); with
@@ -67,18 +69,17 @@ from trainer.gate import (
     pair_preferences,
     weighted_share,
 )
-from trainer.judges import load_harmlessness_judge, penalise_harm
+from trainer.judges import Judge, load_harmlessness_judge, penalise_harm
 from trainer.locks import ScopeBusy, scope_lock
 from trainer.metrics import GATE_STAT, LABELER_AGREEMENT, LAST_ROUND, ROUNDS, SCOPE_FAILURES, VERDICTS
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore, PreferencePair
-from trainer.red_team import red_team_prompts
+from trainer.red_team import harm_probing, red_team_prompts, with_harmful_share
 from trainer.reward.refresh import refresh_reward_model
 from trainer.reward.scorer import RewardScorer
 from trainer.reward.versions import RewardModelStore
 from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
-from trainer.rl.evaluation import RewardFn
 from trainer.rl.models import PolicyStack, load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
 from trainer.rl.record import RunRecord
@@ -148,7 +149,7 @@ class TrainingDaemon:
         self.unproven = UnprovenStore(settings.runs_dir)
         """The global candidate a round left unproven, which the next one resumes
         (``HHH_TRAINER_RESUME_UNPROVEN``)."""
-        self._harmlessness: RewardFn | None = None
+        self._harmlessness: Judge | None = None
         self.chat_yield = ChatYield.from_settings(settings)
         """Pauses PPO and DPO while chat is busy (``HHH_TRAINER_YIELD_*``); None: never."""
         self.placement = placement_of(settings)
@@ -199,7 +200,7 @@ class TrainingDaemon:
     def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
         s = self.settings
         every_prompt = dataset.prompts("train", eval_percent=s.eval_percent, limit=2**62)
-        prompts = every_prompt[: s.prompt_pool]
+        prompts = self._with_harmful_share(report, dataset, every_prompt, every_prompt[: s.prompt_pool])
         heldout = dataset.prompts("eval", eval_percent=s.eval_percent, limit=s.gate_prompts)
         if len(prompts) < self.ppo.rollout_batch_size or not heldout:
             report.note(f"global: {len(prompts)} training and {len(heldout)} held-out prompts; PPO needs "
@@ -351,7 +352,21 @@ class TrainingDaemon:
     def _red_team(self, dataset: DatasetStore) -> list[Conversation]:
         return red_team_prompts(self.gate, dataset, eval_percent=self.settings.eval_percent)
 
-    def _harmlessness_judge(self) -> RewardFn:
+    def _with_harmful_share(self, report: RoundReport, dataset: DatasetStore,
+                            every_prompt: list[Conversation], pool: list[Conversation]) -> list[Conversation]:
+        """PPO's prompts: ``pool`` with harm-probing prompts repeated up to ``HHH_PPO_HARMFUL_SHARE``."""
+        if not self.ppo.harmful_share:
+            return pool
+        harmful = harm_probing(every_prompt, dataset, self._harmlessness_judge().group_of,
+                               eval_percent=self.settings.eval_percent)
+        balanced = with_harmful_share(pool, harmful, self.ppo.harmful_share)
+        if len(balanced) > len(pool):
+            report.note(f"global: PPO samples from {len(pool)} prompts and {len(balanced) - len(pool)} "
+                        f"repeats of the {len(harmful)} harm-probing ones (HHH_PPO_HARMFUL_SHARE "
+                        f"{self.ppo.harmful_share:g})")
+        return balanced
+
+    def _harmlessness_judge(self) -> Judge:
         """The gate's harmlessness judge, loaded once (a classifier is not small)."""
         if self._harmlessness is None:
             self._harmlessness = load_harmlessness_judge(self.gate.harmlessness_judge,

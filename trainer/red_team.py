@@ -13,11 +13,19 @@ keeps that from being published. The prompts, in this order, without duplicates,
    phrasing of every harmful intent, training and held out, with held-out slot values;
 3. held-out prompts (the dataset's eval split) that users gave feedback on with the
    ``harmlessness`` criterion, most recent first.
+
+The training side of the same remedy: `with_harmful_share` repeats PPO's harm-probing prompts
+(training-split prompts with ``harmlessness`` feedback, or that the harmlessness judge groups as
+``harmful``) until they make up ``HHH_PPO_HARMFUL_SHARE`` of the prompts PPO samples from, so
+that the harm term (`trainer.judges.penalise_harm`) weighs in on more than the few harmful
+requests users happen to send (the course's balanced sampling of harmful prompts).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import UserError
@@ -42,6 +50,40 @@ def red_team_prompts(settings: GateSettings, dataset: DatasetStore | None, *, ev
                                    criterion=HARMLESSNESS)
     unique = {json.dumps(p, sort_keys=True): p for p in reversed(prompts)}  # the first occurrence wins
     return list(reversed(unique.values()))[: settings.red_team_max_prompts]
+
+
+def with_harmful_share(
+    pool: Sequence[Conversation], harmful: Sequence[Conversation], share: float
+) -> list[Conversation]:
+    """``pool`` with prompts of ``harmful`` appended (in turn, each as often as the others give
+    or take one) until the pool's harm-probing prompts are at least ``share`` of it.
+
+    ``harmful``: the harm-probing prompts to repeat (those of the pool among them, the others
+    too); a pool prompt counts as harm-probing if it is in ``harmful``. With H harm-probing
+    prompts among N, ⌈(share · N − H) / (1 − share)⌉ are appended, so that
+    (H + k) / (N + k) ≥ share; none when the share is met already, ``share`` is 0, or
+    ``harmful`` is empty. PPO draws its batches from the result without replacement, so a
+    repeated prompt is sampled again, with a fresh response, within one pass.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    probing = {json.dumps(p, sort_keys=True) for p in harmful}
+    present = sum(json.dumps(p, sort_keys=True) in probing for p in pool)
+    missing = max(0, math.ceil((share * len(pool) - present) / (1 - share) - 1e-9))
+    if not harmful:
+        return list(pool)
+    return [*pool, *(harmful[i % len(harmful)] for i in range(missing))]
+
+
+def harm_probing(prompts: Sequence[Conversation], dataset: DatasetStore | None,
+                 group_of: Callable[[Conversation], str], *, eval_percent: int) -> list[Conversation]:
+    """The prompts of ``prompts`` that probe for harm, in their order: those with feedback on the
+    ``harmlessness`` criterion in ``dataset`` (training split), and those the harmlessness
+    judge's ``group_of`` calls ``harmful``."""
+    flagged = [] if dataset is None else dataset.prompts(
+        "train", eval_percent=eval_percent, limit=2**62, criterion=HARMLESSNESS)
+    marked = {json.dumps(p, sort_keys=True) for p in flagged}
+    return [p for p in prompts if json.dumps(p, sort_keys=True) in marked or group_of(p) == "harmful"]
 
 
 def demo_harmful_requests() -> list[str]:

@@ -5,6 +5,7 @@ its reward rose, and an unchanged policy passes."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from trainer.gate import harmlessness_reason, measure, measure_harmlessness
 from trainer.judges import ConstitutionHarmlessness, penalise_harm
 from trainer.preferences.ingest import ingest_available
 from trainer.preferences.store import DatasetStore, split_of
-from trainer.red_team import demo_harmful_requests, red_team_prompts
+from trainer.red_team import demo_harmful_requests, harm_probing, red_team_prompts, with_harmful_share
 from trainer.rl.dpo import TextPair
 from trainer.rl.models import load_policy_stack, lora_config
 from trainer.rl.ppo import PPOTrainer
@@ -178,3 +179,83 @@ def test_the_harm_penalty_takes_its_weight_from_harmful_answers_only() -> None:
                "Happy to help! Water it daily.", "What a dumb question. Nobody cares."]
     reward = penalise_harm(lambda p, r: torch.tensor([0.5, 0.5, 1.0, 1.0]), ConstitutionHarmlessness(), 2.0)
     assert reward(prompts, answers).tolist() == [0.5, -1.5, 1.0, -1.0]
+
+
+def test_harm_probing_prompts_are_repeated_up_to_the_share_and_no_further() -> None:
+    harmful = [user(f"hurt {i}") for i in range(3)]
+    everyday = [user(f"cook {i}") for i in range(9)]
+    pool = [*everyday[:5], harmful[0], *everyday[5:]]  # 1 of 10
+
+    balanced = with_harmful_share(pool, harmful, 0.25)
+    probing = sum(p in harmful for p in balanced)
+    assert balanced[: len(pool)] == pool  # the users' prompts first, unchanged
+    assert probing / len(balanced) >= 0.25 > (probing - 1) / (len(balanced) - 1)  # the least repeats
+    assert balanced[len(pool):] == [harmful[0], harmful[1]]  # (1 + 2) / 12: in turn, each once
+
+    assert with_harmful_share(pool, harmful, 0.0) == pool
+    assert with_harmful_share(pool, [], 0.5) == pool  # nothing to repeat
+    already = [*harmful, *everyday[:3]]
+    assert with_harmful_share(already, harmful, 0.5) == already
+    with pytest.raises(ValueError, match="share"):
+        with_harmful_share(pool, harmful, 1.0)
+
+
+def test_prompts_probe_for_harm_by_their_harmlessness_feedback_or_the_judges_group(tmp_path: Path) -> None:
+    events = politeness_events(range(0, 40))  # everyday intents only; the first 20 rated on harmlessness
+    rated = [e.model_copy(update={"criterion": "harmlessness"})
+             if isinstance(e, RankingFeedback | ThumbsFeedback) and int(_prompt_number(e)) < 20 else e
+             for e in events]
+    with SqliteEventLog(tmp_path / "events.db") as event_log:
+        event_log.create_topics()
+        publish_all(event_log, rated)
+        dataset = DatasetStore(tmp_path / "dataset.db")
+        ingest_available(event_log, dataset, idle_s=0.2)
+    training = dataset.prompts("train", eval_percent=50, limit=100)
+    asked = user(demo_harmful_requests()[0])
+    judge = ConstitutionHarmlessness()
+
+    probing = harm_probing([*training, asked], dataset, judge.group_of, eval_percent=50)
+
+    rated_texts = {e.messages[-1].content for e in events
+                   if hasattr(e, "messages") and int(e.prompt_id.split("-")[1]) < 20}
+    expected = [p for p in training if p[-1]["content"] in rated_texts]
+    assert expected and probing == [*expected, asked]  # rated on harmlessness, or a harmful request
+    assert harm_probing(training, None, judge.group_of, eval_percent=50) == []
+    dataset.close()
+
+
+def natural_training_prompts(n: int) -> list[list[dict[str, str]]]:
+    """User turns of `n` corpus dialogues in the corpus's own mix of intents (about one in six
+    harmful): what PPO samples from in the loop."""
+    return [user(d.messages[-1]["content"]) for d in generate_dialogues(n, seed=7)]
+
+
+def test_repeating_harmful_prompts_lets_the_harm_penalty_hold_refusals_on_a_natural_mix(
+    tiny_model_dir: Path
+) -> None:
+    """PPO on the flawed reward ("refusing is bad") less the default harm penalty, on prompts in
+    the corpus's mix, with and without the default `HHH_PPO_HARMFUL_SHARE`: the same seeds, the
+    same iterations; the repeated harmful prompts must leave the candidate more harmless."""
+    judge = ConstitutionHarmlessness()
+    gate = GateSettings(max_new_tokens=16, red_team_min_samples=2048)
+    red_team = red_team_prompts(gate, None, eval_percent=10)
+    pool = natural_training_prompts(240)
+    harmful = harm_probing(pool, None, judge.group_of, eval_percent=10)
+    assert 0.05 < len(harmful) / len(pool) < PPOSettings().harmful_share  # the share is not met
+    harmless = {}
+    for share in (0.0, PPOSettings().harmful_share):
+        torch.manual_seed(0)
+        stack = load_policy_stack(tiny_model_dir, None, lora_config(8, 16, ["q_proj", "v_proj", "up_proj"]))
+        ppo = PPOSettings(rollout_batch_size=64, num_minibatches=4, ppo_epochs=4, max_new_tokens=16,
+                          learning_rate=1e-2, kl_coef=0.05, kl_target=4.0, missing_eos_penalty=0.0, seed=0)
+        reward = penalise_harm(no_refusal_reward, judge, ppo.harm_penalty)
+        PPOTrainer(stack, reward, ppo).train(with_harmful_share(pool, harmful, share), iterations=16)
+        torch.manual_seed(2)
+        harmless[share] = measure_harmlessness(stack, judge, red_team, gate)
+    natural, balanced = harmless.values()
+    # Measured: the natural mix (36 of 240 prompts harmful) fell from 0.114 to 0.012, the harm
+    # penalty notwithstanding; repeated to 0.25, 0.113 to 0.141. The two candidates' answers are
+    # independent, 2,091 each: the one-sided 95 % lower bound of the difference must be above 0.
+    answers = len(red_team) * math.ceil(gate.red_team_min_samples / len(red_team))
+    spread = math.sqrt(sum(h.candidate * (1 - h.candidate) for h in (natural, balanced)) / answers)
+    assert balanced.candidate - natural.candidate - 1.645 * spread > 0, harmless
