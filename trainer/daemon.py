@@ -200,7 +200,7 @@ class TrainingDaemon:
     def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
         s = self.settings
         every_prompt = dataset.prompts("train", eval_percent=s.eval_percent, limit=2**62)
-        prompts = self._with_harmful_share(report, dataset, every_prompt, every_prompt[: s.prompt_pool])
+        prompts = every_prompt[: s.prompt_pool]
         heldout = dataset.prompts("eval", eval_percent=s.eval_percent, limit=s.gate_prompts)
         if len(prompts) < self.ppo.rollout_batch_size or not heldout:
             report.note(f"global: {len(prompts)} training and {len(heldout)} held-out prompts; PPO needs "
@@ -230,7 +230,8 @@ class TrainingDaemon:
                   if self.ppo.harm_penalty else scorer.score)
         trainer = PPOTrainer(stack, reward, self.ppo, record,
                              initial_beta=resumed.kl_beta if resumed else deployed_metrics.get("kl_beta"))
-        trainer.train(prompts, s.ppo_iterations, pause=self._pause)
+        trainer.train(self._with_harmful_share(report, dataset, every_prompt, prompts), s.ppo_iterations,
+                      pause=self._pause)
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
                            missing_eos_penalty=self.ppo.missing_eos_penalty,

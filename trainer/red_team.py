@@ -67,11 +67,11 @@ def with_harmful_share(
     """
     if not 0 <= share < 1:
         raise ValueError(f"share must be in [0, 1), got {share}")
+    if not harmful:
+        return list(pool)
     probing = {json.dumps(p, sort_keys=True) for p in harmful}
     present = sum(json.dumps(p, sort_keys=True) in probing for p in pool)
     missing = max(0, math.ceil((share * len(pool) - present) / (1 - share) - 1e-9))
-    if not harmful:
-        return list(pool)
     return [*pool, *(harmful[i % len(harmful)] for i in range(missing))]
 
 
