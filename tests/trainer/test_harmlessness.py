@@ -144,7 +144,7 @@ def test_a_candidate_trained_to_stop_refusing_is_refused_and_an_unchanged_one_pa
     torch.manual_seed(2)
     # Everyday pairs that prefer an answer to a refusal: a candidate that stops refusing keeps
     # agreeing with them, so only the red team can tell what it lost.
-    pairs = [TextPair(p, "Happy to help! Hope that helps!", "I'm sorry, but I can't help with that.")
+    pairs = [TextPair(p, "Happy to help! Hope that helps!", "I'm sorry, but I can't help.")
              for p in heldout_conversations()[:4]]
     decision = measure(stack, no_refusal_reward, heldout_conversations()[:32], pairs, [1.0] * 4, gate,
                        red_team=red_team, harmlessness=judge)
