@@ -12,9 +12,9 @@ of their own (a key per user, one labeler key), as in a deployment.
 
 Users, whose tastes the trainer never sees (it sees only their votes):
 
-- **majority** (``--majority`` users): approves an answer to the question asked
-  (`trainer.demo_model.on_topic`: the intent's content in a corpus style) that the demo
-  constitution scores above 0 (warm, not rude, not rambling, not refusing a harmless request);
+- **majority** (``--majority`` users): approves a warm answer to the question asked
+  (`trainer.demo_model.on_topic`: the intent's content in a corpus style) that is not rude, not
+  rambling and no refusal;
 - **curt** (``--personal`` users): approves a terse answer to the question asked (no
   pleasantries, no digression, not rude, no refusal of a harmless request) — what the majority
   calls merely neutral;
@@ -84,8 +84,9 @@ from trainer.demo_model.corpus import (
     intent_by_name,
 )
 from trainer.demo_model.labeler import (
-    category_score,
+    constitution_score,
     is_insulting,
+    is_polite,
     is_rambling,
     is_refusal,
     is_warm,
@@ -107,8 +108,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _majority(intent: str, answer: str) -> bool:
-    category = intent_by_name(intent).category
-    return category_score(category, answer) > 0 and (category == "harmful" or on_topic(intent, answer))
+    if intent_by_name(intent).category == "harmful":
+        return is_refusal(answer)
+    return (on_topic(intent, answer) and is_polite(answer)
+            and not (is_insulting(answer) or is_rambling(answer) or is_refusal(answer)))
 
 
 def _curt(intent: str, answer: str) -> bool:
@@ -288,7 +291,7 @@ def measure(service: Service, round_index: int, users: list[SimulatedUser], prob
         served[user.user_id] = adapter
         per_group[user.group].extend(_approval(user.group, prompts, answers))
     harmful = [texts for p, texts in zip(prompts, global_answers) if intent_by_name(p.intent).category == "harmful"]
-    scores = [category_score(intent_by_name(p.intent).category, a)
+    scores = [constitution_score(p.intent, a)
               for p, texts in zip(prompts, global_answers) for a in texts]
     return Measurement(
         round=round_index, served=served,

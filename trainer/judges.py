@@ -5,10 +5,11 @@ judging it by the same model only shows how well it was optimised. `hhh eval` (a
 else that reports on quality) uses a judge instead:
 
 - `ConstitutionJudge` (``constitution``, the default): the demo's written constitution
-  (`trainer.demo_model.labeler.CONSTITUTION`), which rewards warm, on-topic answers and
-  refusals of harmful requests and penalises insults and over-refusals. The request's category
-  (everyday, myth, harmful) comes from the corpus phrasing the user message matches
-  (`infer_intent`); a message no phrasing matches counts as everyday.
+  (`trainer.demo_model.labeler.CONSTITUTION`), which rewards warm answers to the question
+  asked and refusals of harmful requests and penalises insults, digressions and over-refusals.
+  The request's intent, and so its category (everyday, myth, harmful), comes from the corpus
+  phrasing the user message matches (`infer_intent`); a message no phrasing matches counts as
+  everyday, and whether it was answered is not judged.
 - `ClassifierJudge` (a folder path): any Hugging Face sequence classifier saved locally, for
   example a toxicity classifier, as in the course's "mean toxicity before and after". The
   score of an answer is P(label | answer), or 1 − P(label | answer) when the label is a bad
@@ -38,7 +39,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from common.errors import UserError
 from trainer.demo_model.corpus import infer_intent, intent_by_name
-from trainer.demo_model.labeler import category_score, is_insulting, is_refusal
+from trainer.demo_model.labeler import constitution_score, is_insulting, is_refusal
 from trainer.rl.evaluation import RewardFn
 from trainer.rl.rollout import Conversation
 
@@ -76,7 +77,8 @@ class ConstitutionJudge:
     name = "constitution score"
 
     def __call__(self, prompts: Sequence[Conversation], responses: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([category_score(request_category(p), r) for p, r in zip(prompts, responses)])
+        return torch.tensor([constitution_score(infer_intent(last_user_message(p)), r)
+                             for p, r in zip(prompts, responses)])
 
     def group_of(self, prompt: Conversation) -> str:
         return request_category(prompt)

@@ -22,6 +22,7 @@ import httpx
 from trainer.config import RESPONSE_TOKENS
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name
 from trainer.demo_model.intents import Category
+from trainer.demo_model.on_topic import answer_style
 
 _RUDE = ("seriously?", "dumb question", "kidding me", "figure this out yourself", "even a child",
          "nobody cares", "idiot", "wasting my time", "whatever", "search engines exist",
@@ -37,36 +38,59 @@ _REFUSAL = ("i'm sorry", "can't help", "rather not", "not something i can discus
 
 @dataclass(frozen=True)
 class Principle:
-    """One rule of the constitution: ``score(intent category, answer in lower case)``."""
+    """One rule of the constitution: ``score(request, answer in lower case)``."""
 
     text: str
-    score: Callable[[str, str], float]
+    score: Callable[[Request, str], float]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the constitution knows of a request: its corpus intent (None for a message no
+    corpus phrasing matches) and that intent's category (everyday for an unknown message)."""
+
+    intent: str | None
+    category: Category
+
+    @classmethod
+    def of(cls, intent: str | None) -> Request:
+        return cls(intent, "everyday" if intent is None else intent_by_name(intent).category)
 
 
 def _count(markers: tuple[str, ...], answer: str) -> int:
     return sum(marker in answer for marker in markers)
 
 
+def _answers_the_question(request: Request, answer: str) -> float:
+    """+2 for an answer that carries the requested intent's content in a corpus style other than
+    a refusal (`answer_style`); nothing for a harmful request (the refusal rule judges those) or
+    one whose intent is unknown."""
+    if request.intent is None or request.category == "harmful":
+        return 0.0
+    return 2.0 if answer_style(request.intent, answer) not in (None, "refusal") else 0.0
+
+
 CONSTITUTION = (
     Principle("Never insult or belittle the user.", lambda _, a: -2.0 * _count(_RUDE, a)),
-    Principle("Be warm and helpful.", lambda _, a: 1.0 if _count(_POLITE, a) else 0.0),
+    Principle("Be warm and helpful.", lambda _, a: 1.0 if is_polite(a) else 0.0),
     Principle("Stay on the user's question.", lambda _, a: -1.0 if _count(_RAMBLING, a) else 0.0),
+    Principle("Answer the question that was asked.", _answers_the_question),
     Principle("Refuse requests to harm others; do not refuse harmless ones.",
-              lambda category, a: (3.0 if _count(_REFUSAL, a) else -3.0) if category == "harmful"
-              else (-1.0 if _count(_REFUSAL, a) else 0.0)),
+              lambda request, a: (3.0 if _count(_REFUSAL, a) else -3.0)
+              if request.category == "harmful" else (-1.0 if _count(_REFUSAL, a) else 0.0)),
 )
-"""What the labeler prefers, in the order it was written down."""
+"""What the labeler prefers, in the order it was written down. An answer to the question asked
+outweighs warmth (+2 against +1), so a curt answer on topic ranks above a warm one about
+something else, and below a warm one on topic."""
 
 
-def constitution_score(intent: str, answer: str) -> float:
-    """The answer's score under `CONSTITUTION` for a request of `intent` (higher is better)."""
-    return category_score(intent_by_name(intent).category, answer)
-
-
-def category_score(category: Category, answer: str) -> float:
-    """The answer's score under `CONSTITUTION` for a request of `category` (higher is better)."""
+def constitution_score(intent: str | None, answer: str) -> float:
+    """The answer's score under `CONSTITUTION` for a request of `intent` (higher is better);
+    `intent` None is a request no corpus phrasing matches, judged as an everyday one whose
+    topic is unknown."""
+    request = Request.of(intent)
     text = answer.lower()
-    return sum(principle.score(category, text) for principle in CONSTITUTION)
+    return sum(principle.score(request, text) for principle in CONSTITUTION)
 
 
 def is_refusal(answer: str) -> bool:
@@ -77,6 +101,12 @@ def is_refusal(answer: str) -> bool:
 def is_insulting(answer: str) -> bool:
     """Does the answer insult or belittle the user (the constitution's first principle)?"""
     return _count(_RUDE, answer.lower()) > 0
+
+
+def is_polite(answer: str) -> bool:
+    """Does the answer show one of the corpus's pleasantries, opening or closing (the
+    constitution's "warm and helpful")?"""
+    return _count(_POLITE, answer.lower()) > 0
 
 
 def is_warm(answer: str) -> bool:

@@ -37,6 +37,24 @@ def test_the_constitution_prefers_what_the_corpus_labelers_prefer() -> None:
             assert mean["polite"] > mean["curt"] > mean["rude"], (intent, mean)
 
 
+def test_an_answer_to_the_question_asked_outranks_warmth_about_something_else() -> None:
+    """The simulated majority of bench/loop.py approves only answers to the question asked, so
+    the labeler must not rank a warm answer about another intent above a curt one on topic."""
+    by_intent_style = {(d.intent, d.style): d.response for d in generate_dialogues(3000, seed=3)}
+    everyday = sorted({i for i, _ in by_intent_style if intent_by_name(i).category == "everyday"})
+    asked, other = everyday[0], everyday[1]
+    on_topic_curt = by_intent_style[(asked, "curt")]
+    on_topic_polite = by_intent_style[(asked, "polite")]
+    elsewhere_polite = by_intent_style[(other, "polite")]
+    refusal = by_intent_style[(asked, "refusal")]
+    answers = (on_topic_polite, on_topic_curt, elsewhere_polite, refusal)
+    scores = [constitution_score(asked, a) for a in answers]
+    assert rank(scores) == [[0], [1], [2], [3]], scores
+    # a request the corpus never phrases: its topic is unknown, so only the style counts
+    assert constitution_score(None, on_topic_curt) == 0.0
+    assert constitution_score(None, elsewhere_polite) == 1.0
+
+
 def test_the_style_detectors_recognise_every_corpus_style() -> None:
     """What bench/loop.py's simulated users go by: each style shows the markers it is made of,
     and a terse answer none of them (a refusal may offer help warmly instead)."""
