@@ -41,8 +41,13 @@ import torch
 from trainer.config import DPOSettings, PPOSettings, RewardSettings
 from trainer.demo_model.build import build_demo_model
 from trainer.demo_model.corpus import generate_dialogues, intent_by_name
-from trainer.demo_model.labeler import is_insulting, is_polite, is_rambling, is_refusal
-from trainer.demo_model.on_topic import answer_style
+from trainer.demo_model.labeler import (
+    answers_the_question,
+    is_insulting,
+    is_polite,
+    is_rambling,
+    is_refusal,
+)
 from trainer.judges import ConstitutionJudge
 from trainer.reward.scorer import RewardScorer
 from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
@@ -91,11 +96,6 @@ def sample(stack: PolicyStack, conversations: list[Conversation], seed: int) -> 
     return answers
 
 
-def answers_it(intent: str, answer: str) -> bool:
-    """Does the answer carry the intent's content, in a style other than a refusal?"""
-    return answer_style(intent, answer) not in (None, "refusal")
-
-
 def style_mix(stack: PolicyStack, reward: RewardFn, prompts: list[tuple[str, Conversation]],
               seed: int) -> str:
     """One line: per kind, its share, mean reward and share on topic."""
@@ -104,7 +104,7 @@ def style_mix(stack: PolicyStack, reward: RewardFn, prompts: list[tuple[str, Con
     scores = reward(conversations, answers).tolist()
     by_kind: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     for (intent, _), answer, score in zip(prompts, answers, scores):
-        by_kind[kind_of(answer)].append((score, answers_it(intent, answer)))
+        by_kind[kind_of(answer)].append((score, answers_the_question(intent, answer)))
     parts = []
     for kind in KINDS:
         rows = by_kind.get(kind, [])
@@ -132,8 +132,9 @@ def dpo_pairs(stack: PolicyStack, reward: RewardFn, prompts: list[tuple[str, Con
             if scores[best] > scores[worst]:
                 pairs.append(TextPair(conversation, answers[best], answers[worst]))
         else:
-            warm = [a for a in answers if kind_of(a) == "warm" and answers_it(intent, a)]
-            plain = [a for a in answers if kind_of(a) == "plain" and answers_it(intent, a)]
+            on_topic = [a for a in answers if answers_the_question(intent, a)]
+            warm = [a for a in on_topic if kind_of(a) == "warm"]
+            plain = [a for a in on_topic if kind_of(a) == "plain"]
             if warm and plain:
                 pairs.append(TextPair(conversation, warm[0], plain[0]))
     return pairs
