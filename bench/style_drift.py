@@ -1,7 +1,8 @@
 """Where do PPO and DPO take the demo model's answer styles, with a reward that is known right?
 
-    .venv/bin/python -m bench.style_drift [--method ppo|dpo-best-worst|dpo-warm-over-plain]
-                                          [--iterations 16] [--every 4] [--category everyday]
+    .venv/bin/python -m bench.style_drift [--method ppo|dpo-best-worst|dpo-warm-over-plain|
+                                                    dpo-approved-over-rest]
+                                          [--iterations N] [--every 4] [--category everyday]
                                           [--lam 0.95] [--entropy-coef 0.0] [--samples 256]
                                           [--seed 0] [--reward-models DIR --reward-version N]
 
@@ -14,12 +15,18 @@ store's version ``--reward-version``. A fresh LoRA adapter on the demo base is t
 training prompts of ``--category`` by
 
 - ``ppo``: the trainer's own `PPOTrainer` with default `PPOSettings` (GAE λ and entropy
-  coefficient as given), ``--iterations`` iterations on the reward;
+  coefficient as given), ``--iterations`` iterations on the reward (16 unless given);
 - ``dpo-best-worst``: the trainer's `DPOTrainer` with default `DPOSettings`, on pairs of the
   best over the worst of 4 answers the base samples to each prompt, by the reward (what the
   demo labeler sends, as pairs);
 - ``dpo-warm-over-plain``: the same, on pairs of a warm answer on topic over a plain one on
-  topic, where the 4 answers hold both (the contrast the majority's thumbs draw).
+  topic, where the 4 answers hold both (the contrast the majority's thumbs draw);
+- ``dpo-approved-over-rest``: the same, on pairs of an answer the majority approves (warm, on
+  topic, not rude, not rambling, no refusal) over one of the others it does not, where the 4
+  answers hold both (what the majority's own up × down pairs are).
+
+With ``--iterations`` after a DPO method, PPO (as ``ppo``) then trains the DPO adapter further:
+what a global round with ``HHH_TRAINER_GLOBAL_METHOD=dpo+ppo`` does.
 
 Before training, and every ``--every`` PPO iterations or after DPO, it samples one answer to each
 of ``--samples`` other training prompts (same category) at temperature 1, from a random state of
@@ -70,6 +77,11 @@ def kind_of(answer: str) -> str:
         if shows(answer):
             return kind
     return "plain"
+
+
+def majority_approves(intent: str, answer: str) -> bool:
+    """The majority's thumb in `bench/loop.py` for a harmless request: warm and on topic."""
+    return kind_of(answer) == "warm" and answers_the_question(intent, answer)
 
 
 def prompts_of(category: str, count: int, seed: int) -> list[tuple[str, Conversation]]:
@@ -131,6 +143,11 @@ def dpo_pairs(stack: PolicyStack, reward: RewardFn, prompts: list[tuple[str, Con
             worst = min(range(len(answers)), key=scores.__getitem__)
             if scores[best] > scores[worst]:
                 pairs.append(TextPair(conversation, answers[best], answers[worst]))
+        elif method == "dpo-approved-over-rest":
+            approved = [a for a in answers if majority_approves(intent, a)]
+            rest = [a for a in answers if not majority_approves(intent, a)]
+            if approved and rest:
+                pairs.append(TextPair(conversation, approved[0], rest[0]))
         else:
             on_topic = [a for a in answers if answers_the_question(intent, a)]
             warm = [a for a in on_topic if kind_of(a) == "warm"]
@@ -142,9 +159,12 @@ def dpo_pairs(stack: PolicyStack, reward: RewardFn, prompts: list[tuple[str, Con
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", choices=("ppo", "dpo-best-worst", "dpo-warm-over-plain"),
+    parser.add_argument("--method", choices=("ppo", "dpo-best-worst", "dpo-warm-over-plain",
+                                              "dpo-approved-over-rest"),
                         default="ppo")
-    parser.add_argument("--iterations", type=int, default=16, help="PPO iterations")
+    parser.add_argument("--iterations", type=int,
+                        help="PPO iterations (after DPO with a DPO method; default: 16 for ppo, "
+                        "0 otherwise)")
     parser.add_argument("--every", type=int, default=4, help="PPO iterations between measurements")
     parser.add_argument("--category", choices=("everyday", "myth", "harmful", "all"),
                         default="everyday")
@@ -165,29 +185,33 @@ def main() -> None:
     measured = prompts_of(args.category, args.samples, seed=21)
     rewarded_by = "the constitution" if args.reward_models is None else str(args.reward_models)
     torch.manual_seed(args.seed)
+    settings = PPOSettings(lam=args.lam, entropy_coef=args.entropy_coef, seed=args.seed)
     if args.method == "ppo":
-        settings = PPOSettings(lam=args.lam, entropy_coef=args.entropy_coef, seed=args.seed)
         stack = load_policy_stack(model_dir, None, lora_config(
             settings.lora_rank, settings.lora_alpha, settings.lora_target_modules))
-        print(f"PPO on {rewarded_by}, {args.category} prompts, λ {args.lam}, entropy coefficient "
-              f"{args.entropy_coef}, {settings.rollout_batch_size} responses an iteration")
         print(f"base: {style_mix(stack, reward, measured, args.seed)}", flush=True)
-        trainer = PPOTrainer(stack, reward, settings)
-        while trainer.iterations_done < args.iterations:
-            iterations = min(args.every, args.iterations - trainer.iterations_done)
-            metrics = trainer.train([c for _, c in training], iterations)[-1]
-            print(f"iteration {metrics['iteration']}: reward {metrics['reward_mean']:+.2f}, KL "
-                  f"{metrics['kl']:.2f}, length {metrics['response_length']:.0f}; "
-                  f"{style_mix(stack, reward, measured, args.seed)}", flush=True)
+    else:
+        dpo_settings = DPOSettings(seed=args.seed)
+        stack = load_dpo_stack(model_dir, None, dpo_settings)
+        print(f"{args.method} DPO on {rewarded_by}, {args.category} prompts")
+        print(f"base: {style_mix(stack, reward, measured, args.seed)}", flush=True)
+        pairs = dpo_pairs(stack, reward, training, args.method, args.seed + 1)
+        epochs = DPOTrainer(stack, dpo_settings).train(pairs)
+        print(f"after {len(epochs)} epochs on {len(pairs)} pairs: "
+              f"{style_mix(stack, reward, measured, args.seed)}", flush=True)
+    iterations = args.iterations if args.iterations is not None else 16 * (args.method == "ppo")
+    if iterations == 0:
         return
-    dpo_settings = DPOSettings(seed=args.seed)
-    stack = load_dpo_stack(model_dir, None, dpo_settings)
-    print(f"{args.method} DPO on {rewarded_by}, {args.category} prompts")
-    print(f"base: {style_mix(stack, reward, measured, args.seed)}", flush=True)
-    pairs = dpo_pairs(stack, reward, training, args.method, args.seed + 1)
-    epochs = DPOTrainer(stack, dpo_settings).train(pairs)
-    print(f"after {len(epochs)} epochs on {len(pairs)} pairs: "
-          f"{style_mix(stack, reward, measured, args.seed)}", flush=True)
+    print(f"PPO on {rewarded_by}, {args.category} prompts, λ {args.lam}, entropy coefficient "
+          f"{args.entropy_coef}, {settings.rollout_batch_size} responses an iteration")
+    trainer = PPOTrainer(stack, reward, settings)
+    while trainer.iterations_done < iterations:
+        metrics = trainer.train([c for _, c in training],
+                                min(args.every, iterations - trainer.iterations_done))[-1]
+        print(f"iteration {metrics['iteration']}: reward {metrics['reward_mean']:+.2f}, KL "
+              f"{metrics['kl']:.2f}, length {metrics['response_length']:.0f}; "
+              f"{style_mix(stack, reward, measured, args.seed)}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -78,6 +78,14 @@ class TrainerSettings(BaseSettings):
         description="Ingest stops after this long even if the log never goes quiet (votes "
         "arriving more often than HHH_TRAINER_INGEST_IDLE_S); the next round reads the rest.",
     )
+    global_method: Literal["ppo", "dpo", "dpo+ppo"] = Field(
+        default="ppo",
+        description="How a global round trains its candidate from the deployed adapter: PPO on "
+        "the reward model (``ppo``); DPO (HHH_DPO_*) on every user's training pairs (``dpo``); or "
+        "that DPO first, then PPO (``dpo+ppo``). The reference is the deployed adapter in each, "
+        "and a first adapter has PPO's LoRA shape (HHH_PPO_LORA_*). "
+        "BENCHMARKS.md (*The closed loop*) compares them.",
+    )
     ppo_iterations: int = Field(default=8, ge=1, description="PPO iterations per global round.")
     resume_unproven: bool = Field(
         default=False,
@@ -370,7 +378,9 @@ class PPOSettings(BaseSettings):
 
 
 class DPOSettings(BaseSettings):
-    """DPO of a per-user adapter from the deployed global one (environment variables ``HHH_DPO_*``)."""
+    """DPO of a per-user adapter from the deployed global one, and of the global candidate from the
+    deployed global adapter with ``HHH_TRAINER_GLOBAL_METHOD`` ``dpo`` or ``dpo+ppo`` (environment
+    variables ``HHH_DPO_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="HHH_DPO_", extra="forbid")
 
@@ -389,7 +399,7 @@ class DPOSettings(BaseSettings):
         "step, activation memory of one micro-batch; halved on a GPU out-of-memory error). "
         "Unset: the whole batch at once.",
     )
-    epochs: int = Field(default=3, ge=1, description="Passes over the user's training pairs.")
+    epochs: int = Field(default=3, ge=1, description="Passes over the training pairs of a round.")
     max_length: int = Field(default=512, ge=8, description="Tokens per (prompt, response); longer prompts lose their start.")
     seed: int = Field(default=0, description="Seed of adapter init and batch order.")
     threads: int | None = Field(

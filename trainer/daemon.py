@@ -6,10 +6,13 @@ A round (`TrainingDaemon.run_round`):
    committed after the rows are stored);
 2. **reward model**: refresh it when enough new pairs arrived (`refresh_reward_model`); without
    any reward-model version the round ends here;
-3. **global PPO** under the ``global`` scope lock, only on new evidence (`trainer.evidence`:
+3. **global round** under the ``global`` scope lock, only on new evidence (`trainer.evidence`:
    a changed reward model or ``min_new_prompts`` new training prompts since the last attempt):
    policy and reference start from the adapter deployed for ``global`` now (the base model on
-   the first round), β from where that adapter's round left it, PPO on recent training
+   the first round); with ``HHH_TRAINER_GLOBAL_METHOD`` ``dpo`` or ``dpo+ppo`` the policy is
+   first trained by DPO on every user's training pairs (weighted as for a personal adapter),
+   then (``ppo``, the default, or ``dpo+ppo``) by PPO:
+   β from where the deployed adapter's round left it, PPO on recent training
    prompts, harm-probing ones repeated up to ``HHH_PPO_HARMFUL_SHARE`` of them
    (`trainer.red_team.with_harmful_share`), on the reward model's score less
    ``HHH_PPO_HARM_PENALTY`` for an answer the gate's harmlessness judge calls harmful
@@ -195,7 +198,7 @@ class TrainingDaemon:
         LAST_ROUND.set_to_current_time()
         return report
 
-    # -- global PPO ----------------------------------------------------------------------------
+    # -- global round --------------------------------------------------------------------------
 
     def _global_round(self, report: RoundReport, dataset: DatasetStore, pairs: list[PreferencePair]) -> None:
         s = self.settings
@@ -211,8 +214,17 @@ class TrainingDaemon:
         evidence = Evidence(RewardModelStore(self.reward.store_dir).latest(), len(every_prompt))
         since = self.attempts.last("global") or Evidence.from_metrics(deployed_metrics)
         if why := evidence.lacks_news(since, s.min_new_prompts):
-            report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); no PPO round")
+            report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); "
+                        "no round")
             return
+        by_dpo = "dpo" in s.global_method
+        train_pairs: list[TextPair] = []
+        if by_dpo:
+            train_pairs, _ = self._texts(dataset, [p for p in pairs if p.split == "train"])
+            if not train_pairs:
+                report.note("global: no training pairs for DPO (HHH_TRAINER_GLOBAL_METHOD "
+                            f"{s.global_method}); no round")
+                return
         resumed = self.unproven.resumable(deployed) if s.resume_unproven else None
         if resumed:
             report.note(f"global: resuming the candidate round {resumed.round_id} left unproven "
@@ -224,29 +236,38 @@ class TrainingDaemon:
             share_base=True, seed=self.ppo.seed, placement=self.placement,
             resume=resumed.folder if resumed else None,
         )
+        record_path = s.runs_dir / f"{report.round_id}.jsonl"
+        if by_dpo:
+            report.note(f"global: DPO on {len(train_pairs)} training pairs")
+            use_threads(self.dpo.threads)
+            DPOTrainer(stack, self.dpo, RunRecord(record_path, "dpo:global")).train(train_pairs,
+                                                                                 pause=self._pause)
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
-        record = RunRecord(s.runs_dir / f"{report.round_id}.jsonl", "ppo")
-        reward = (penalise_harm(scorer.score, self._harmlessness_judge(), self.ppo.harm_penalty)
-                  if self.ppo.harm_penalty else scorer.score)
-        trainer = PPOTrainer(stack, reward, self.ppo, record,
-                             initial_beta=resumed.kl_beta if resumed else deployed_metrics.get("kl_beta"))
-        trainer.train(self._with_harmful_share(report, dataset, every_prompt, prompts), s.ppo_iterations,
-                      pause=self._pause)
+        kl_beta = resumed.kl_beta if resumed else deployed_metrics.get("kl_beta", self.ppo.kl_coef)
+        if "ppo" in s.global_method:
+            use_threads(self.ppo.threads)
+            reward = (penalise_harm(scorer.score, self._harmlessness_judge(), self.ppo.harm_penalty)
+                      if self.ppo.harm_penalty else scorer.score)
+            trainer = PPOTrainer(stack, reward, self.ppo, RunRecord(record_path, "ppo"),
+                                 initial_beta=kl_beta)
+            trainer.train(self._with_harmful_share(report, dataset, every_prompt, prompts),
+                          s.ppo_iterations, pause=self._pause)
+            kl_beta = trainer.kl_controller.beta
         heldout_pairs, weights = self._texts(dataset, [p for p in pairs if p.split == "eval"])
         decision = measure(stack, scorer.score, heldout, heldout_pairs, weights, self.gate,
                            missing_eos_penalty=self.ppo.missing_eos_penalty,
                            red_team=self._red_team(dataset), harmlessness=self._harmlessness_judge())
-        record.write({"gate": decision.as_metrics()})
+        RunRecord(record_path, "global").write({"gate": decision.as_metrics()})
         self.attempts.record("global", evidence)
         for stat, value in decision.manifest_metrics().items():
             GATE_STAT.labels(scope_kind="global", stat=stat).set(value)
         ppo_rounds = (resumed.rounds if resumed else 0) + 1
         metrics = {**decision.manifest_metrics(), **evidence.as_metrics(),
-                   "kl_beta": trainer.kl_controller.beta, "ppo_rounds": float(ppo_rounds)}
+                   "kl_beta": kl_beta, "ppo_rounds": float(ppo_rounds)}
         self._publish_or_refuse(report, dataset, stack, "global", deployed, decision.publish,
                                 decision.reasons, metrics)
         if s.resume_unproven and decision.unproven:
-            self.unproven.keep(stack, deployed, ppo_rounds, trainer.kl_controller.beta, report.round_id)
+            self.unproven.keep(stack, deployed, ppo_rounds, kl_beta, report.round_id)
             report.note(f"global: kept the candidate as unproven ({ppo_rounds} round(s) of PPO, nothing "
                         "measured worse): the next round with new evidence resumes it")
         else:

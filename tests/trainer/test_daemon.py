@@ -1,6 +1,7 @@
 """The training daemon end to end on the embedded log: feedback that prefers polite replies →
 reward model → a PPO round on the global adapter → the gate → a published adapter version and
-its `adapters` event; then a round against that version, refused over a tight KL budget.
+its `adapters` event; then a round against that version, refused over a tight KL budget; and
+global rounds by DPO on the users' pairs, alone and before PPO (``HHH_TRAINER_GLOBAL_METHOD``).
 
 That PPO raises the reward is `tests/trainer/rl/test_ppo.py`'s test; here the first gate
 is lenient, so the test is about the round's plumbing, records and verdicts.
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from serving.adapters.store import AdapterStore
 from streams.codec import ADAPTERS
 from streams.log import EventLog
@@ -31,6 +34,8 @@ from trainer.preferences.ingest import ingest_available
 from trainer.preferences.pairs import Consensus
 from trainer.preferences.store import DatasetStore
 from trainer.reward.versions import RewardModelStore
+from trainer.rl.dpo import DPOTrainer
+from trainer.rl.models import load_policy_stack, lora_config
 from trainer.unproven import STATE_FILE, UnprovenStore
 
 
@@ -40,11 +45,13 @@ LENIENT_GATE = {"reward_margin": -100.0, "kl_budget": 1e6, "anchor_kl_budget": 1
 
 
 def daemon_for(
-    tmp_path: Path, model_dir: Path, event_log: EventLog, store: AdapterStore | None = None, **gate: object
+    tmp_path: Path, model_dir: Path, event_log: EventLog, store: AdapterStore | None = None,
+    global_method: str = "ppo", **gate: object
 ) -> TrainingDaemon:
     settings = TrainerSettings(dataset_path=tmp_path / "dataset.db", eval_percent=20,
                                runs_dir=tmp_path / "runs", lock_dir=tmp_path / "locks",
-                               ppo_iterations=3, gate_prompts=8, min_user_pairs=10_000)
+                               ppo_iterations=3, gate_prompts=8, min_user_pairs=10_000,
+                               global_method=global_method)
     reward = RewardSettings(base_model=model_dir, store_dir=tmp_path / "reward-models", epochs=2,
                             max_length=96, threads=2)
     ppo = PPOSettings(rollout_batch_size=16, num_minibatches=2, ppo_epochs=2, max_new_tokens=12,
@@ -56,12 +63,25 @@ def daemon_for(
                           ppo, DPOSettings(), gates)
 
 
-def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def politeness_log(tmp_path: Path) -> SqliteEventLog:
+    """An embedded event log with completions and votes for polite replies over rude ones, on
+    120 prompts (`trainer.demo_model.feedback.politeness_events`)."""
     event_log = SqliteEventLog(tmp_path / "events.db")
     event_log.create_topics()
     publish_all(event_log, politeness_events(range(0, 120)))
+    return event_log
+
+
+def run_record_of(runs_dir: Path, report: RoundReport) -> list[dict]:
+    """The entries of `report`'s round's run record."""
+    record = runs_dir / f"{report.round_id}.jsonl"
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    event_log = politeness_log(tmp_path)
     daemon = daemon_for(tmp_path, tiny_model_dir, event_log, **LENIENT_GATE)
     published_before = VERDICTS.labels(scope_kind="global", outcome="published")._value.get()
 
@@ -83,8 +103,8 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     with event_log.consumer(None, [ADAPTERS]) as reader:
         events = [r.event for r in reader.poll(max_records=10, timeout_s=1)]
     assert [(e.scope, e.version) for e in events] == [("global", 1)]
-    run = [json.loads(line) for line in (tmp_path / "runs" / f"{report.round_id}.jsonl").read_text().splitlines()]
-    assert [entry["kind"] for entry in run] == ["ppo"] * 4  # three iterations and the verdict
+    run = run_record_of(tmp_path / "runs", report)
+    assert [entry["kind"] for entry in run] == ["ppo"] * 3 + ["global"]  # 3 iterations, the verdict
     assert run[-1]["gate"]["publish"] is True
 
     # Nothing new arrived: the next round does not optimise the same reward model again.
@@ -104,6 +124,43 @@ def test_a_round_publishes_an_adapter_that_the_reward_model_prefers(
     assert any("exceeds the budget" in step for step in third.steps), third.steps
     assert [m.version for m in (v.manifest for v in tight.adapters.list("global"))] == [1]
     assert tight.run_round().steps[-1].startswith("global: nothing new to train on"), "refused: not retried"
+    event_log.close()
+
+
+def test_a_global_round_by_dpo_learns_the_users_pairs_and_dpo_then_ppo_runs_both(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    event_log = politeness_log(tmp_path)
+    daemon = daemon_for(tmp_path, tiny_model_dir, event_log, global_method="dpo", **LENIENT_GATE)
+
+    report = daemon.run_round()
+
+    assert report.published == ["global@1"], report.steps
+    run = run_record_of(tmp_path / "runs", report)
+    assert [entry["kind"] for entry in run] == ["dpo:global"] * 3 + ["global"]  # no PPO
+    assert run[-1]["gate"]["publish"] is True
+    assert daemon.adapters.get("global", 1).metrics["kl_beta"] == PPOSettings().kl_coef  # no PPO
+    # On the held-out pairs (polite over rude, as the training pairs) the candidate's implicit
+    # reward log π/π_base is higher for the chosen reply than for the rejected one: DPO learnt
+    # the users' preference, beyond the pairs it saw.
+    dataset = DatasetStore(tmp_path / "dataset.db")
+    heldout_pairs = [p for p in dataset.build_pairs(eval_percent=20).pairs if p.split == "eval"]
+    heldout, _ = TrainingDaemon._texts(dataset, heldout_pairs)
+    dataset.close()
+    stack = load_policy_stack(tiny_model_dir, None, lora_config(8, 16, ["q_proj"]),
+                              resume=daemon.adapters.path("global", 1))
+    scorer = DPOTrainer(stack, DPOSettings())
+    with torch.no_grad():
+        implicit = scorer.policy_logprobs(heldout) - scorer.reference_logprobs(heldout)
+    margins = implicit[0] - implicit[1]
+    assert len(heldout) >= 8 and (margins > 0).float().mean() >= 0.75, margins
+
+    publish_all(event_log, politeness_events(range(120, 200)))
+    both = daemon_for(tmp_path, tiny_model_dir, event_log, global_method="dpo+ppo", **LENIENT_GATE)
+    second = both.run_round()
+    assert second.published == ["global@2"], second.steps
+    assert [entry["kind"] for entry in run_record_of(tmp_path / "runs", second)] == (
+        ["dpo:global"] * 3 + ["ppo"] * 3 + ["global"])
     event_log.close()
 
 
@@ -177,8 +234,7 @@ def test_killed_at_any_step_and_restarted_it_loses_nothing_and_counts_nothing_tw
 
 
 def ppo_iterations_of(runs_dir: Path, report: RoundReport) -> list[dict]:
-    entries = [json.loads(line) for line in (runs_dir / f"{report.round_id}.jsonl").read_text().splitlines()]
-    return [entry for entry in entries if "iteration" in entry]
+    return [entry for entry in run_record_of(runs_dir, report) if "iteration" in entry]
 
 
 def round_left_unproven(tmp_path: Path, model_dir: Path, event_log: EventLog) -> tuple[TrainingDaemon, RoundReport]:

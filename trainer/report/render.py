@@ -68,7 +68,7 @@ def gate_history(runs_dir: Path, limit: int = 20) -> list[GateVerdict]:
                 continue
             gate = entry.get("gate")
             if isinstance(gate, dict) and "publish" in gate:
-                kind = str(entry.get("kind", "?"))
+                kind = str(entry.get("kind", "?"))  # global verdicts: "global" (once "ppo")
                 verdicts.append(GateVerdict(datetime.fromtimestamp(float(entry.get("time", 0)), timezone.utc),
                                             "global" if kind == "ppo" else kind.removeprefix("dpo:"),
                                             bool(gate["publish"]), [str(r) for r in gate.get("reasons", [])]))

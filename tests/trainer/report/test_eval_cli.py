@@ -10,10 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streams.sqlite_log import SqliteEventLog
-from trainer.demo_model.feedback import politeness_events, publish_all
-
-from tests.trainer.test_daemon import LENIENT_GATE, daemon_for
+from tests.trainer.test_daemon import LENIENT_GATE, daemon_for, politeness_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -31,9 +28,7 @@ def hhh_eval(tmp_path: Path, model_dir: Path, *args: str) -> subprocess.Complete
 def test_eval_reports_the_base_and_a_published_version_with_the_gates_verdict(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    event_log = SqliteEventLog(tmp_path / "events.db")
-    event_log.create_topics()
-    publish_all(event_log, politeness_events(range(0, 120)))
+    event_log = politeness_log(tmp_path)
     assert daemon_for(tmp_path, tiny_model_dir, event_log, **LENIENT_GATE).run_round().published == ["global@1"]
 
     done = hhh_eval(tmp_path, tiny_model_dir, "--out", str(tmp_path / "report"), "--prompts", "16")
@@ -48,7 +43,7 @@ def test_eval_reports_the_base_and_a_published_version_with_the_gates_verdict(
     assert published["reward"] is not None and published["kl_to_base"]["mean"] > 0
     assert summary["setup"]["judge"] == "constitution score" and summary["setup"]["reward_model_version"] == 1
     assert summary["setup"]["prompts"] >= 2  # the dataset's held-out prompts
-    assert [v["publish"] for v in summary["gate_history"]] == [True]
+    assert [(v["scope"], v["publish"]) for v in summary["gate_history"]] == [("global", True)]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| `global@1` |" in report and "| `base` |" in report and "published by the gate" in report
     for plot in ("scores.png", "over_time.png", "kl_vs_reward.png"):
