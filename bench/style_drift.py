@@ -5,14 +5,16 @@
                                           [--iterations N] [--every 4] [--category everyday]
                                           [--lam 0.95] [--entropy-coef 0.0] [--samples 256]
                                           [--seed 0] [--reward-models DIR --reward-version N]
+                                          [--majority-reward]
 
 The closed loop (`bench/loop.py`) asks the global adapter to give the majority warm answers to
 the question asked. This benchmark takes the reward model out of that question. The reward is
 the demo constitution (`trainer.judges.ConstitutionJudge`: a warm answer on topic scores 3, a
 plain one on topic 2, a refusal of a harmless request −1, a rude one −2 per insult), or with
 ``--reward-models`` (a reward-model store, such as a loop run's ``home/reward-models``) that
-store's version ``--reward-version``. A fresh LoRA adapter on the demo base is trained on
-training prompts of ``--category`` by
+store's version ``--reward-version``, or with ``--majority-reward`` the majority's approval
+itself (1 for a warm answer to the question asked, 0 for anything else). A fresh LoRA adapter
+on the demo base is trained on training prompts of ``--category`` by
 
 - ``ppo``: the trainer's own `PPOTrainer` with default `PPOSettings` (GAE λ and entropy
   coefficient as given), ``--iterations`` iterations on the reward (16 unless given);
@@ -47,7 +49,7 @@ import torch
 
 from trainer.config import DPOSettings, PPOSettings, RewardSettings
 from trainer.demo_model.build import build_demo_model
-from trainer.demo_model.corpus import generate_dialogues, intent_by_name
+from trainer.demo_model.corpus import generate_dialogues, infer_intent, intent_by_name
 from trainer.demo_model.labeler import (
     answers_the_question,
     is_insulting,
@@ -55,7 +57,7 @@ from trainer.demo_model.labeler import (
     is_rambling,
     is_refusal,
 )
-from trainer.judges import ConstitutionJudge
+from trainer.judges import ConstitutionJudge, last_user_message
 from trainer.reward.scorer import RewardScorer
 from trainer.rl.dpo import DPOTrainer, TextPair, load_dpo_stack
 from trainer.rl.evaluation import RewardFn
@@ -82,6 +84,13 @@ def kind_of(answer: str) -> str:
 def majority_approves(intent: str, answer: str) -> bool:
     """The majority's thumb in `bench/loop.py` for a harmless request: warm and on topic."""
     return kind_of(answer) == "warm" and answers_the_question(intent, answer)
+
+
+def majority_approval(prompts: list[Conversation], answers: list[str]) -> torch.Tensor:
+    """(N,) 1 where the majority approves the answer (`majority_approves`), else 0: a reward."""
+    intents = [infer_intent(last_user_message(prompt)) for prompt in prompts]
+    return torch.tensor([float(intent is not None and majority_approves(intent, answer))
+                         for intent, answer in zip(intents, answers)])
 
 
 def prompts_of(category: str, count: int, seed: int) -> list[tuple[str, Conversation]]:
@@ -175,15 +184,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reward-models", type=Path, help="a reward-model store to use instead")
     parser.add_argument("--reward-version", type=int, help="its version (default: the latest)")
+    parser.add_argument("--majority-reward", action="store_true",
+                        help="reward 1 for an answer the majority approves, 0 otherwise")
     args = parser.parse_args()
     model_dir = build_demo_model("demo", home=REPO_ROOT / ".hhh")
-    reward: RewardFn = ConstitutionJudge()
+    reward: RewardFn = majority_approval if args.majority_reward else ConstitutionJudge()
     if args.reward_models is not None:
         reward = RewardScorer.from_store(RewardSettings(store_dir=args.reward_models),
                                          args.reward_version).score
     training = prompts_of(args.category, TRAINING_PROMPTS, seed=31)
     measured = prompts_of(args.category, args.samples, seed=21)
-    rewarded_by = "the constitution" if args.reward_models is None else str(args.reward_models)
+    rewarded_by = ("the majority's approval" if args.majority_reward else "the constitution"
+                   if args.reward_models is None else str(args.reward_models))
     torch.manual_seed(args.seed)
     settings = PPOSettings(lam=args.lam, entropy_coef=args.entropy_coef, seed=args.seed)
     if args.method == "ppo":
