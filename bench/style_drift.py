@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from bench.loop import TASTES
 from trainer.config import DPOSettings, PPOSettings, RewardSettings
 from trainer.demo_model.build import build_demo_model
 from trainer.demo_model.corpus import generate_dialogues, infer_intent, intent_by_name
@@ -81,9 +82,8 @@ def kind_of(answer: str) -> str:
     return "plain"
 
 
-def majority_approves(intent: str, answer: str) -> bool:
-    """The majority's thumb in `bench/loop.py` for a harmless request: warm and on topic."""
-    return kind_of(answer) == "warm" and answers_the_question(intent, answer)
+majority_approves = TASTES["majority"]
+"""The majority's thumb in `bench/loop.py`: for a harmless request, a warm answer on topic."""
 
 
 def majority_approval(prompts: list[Conversation], answers: list[str]) -> torch.Tensor:

@@ -217,7 +217,7 @@ class TrainingDaemon:
             report.note(f"global: nothing new to train on: {why} (HHH_TRAINER_MIN_NEW_PROMPTS); "
                         "no round")
             return
-        by_dpo = "dpo" in s.global_method
+        by_dpo, by_ppo = "dpo" in s.global_method, "ppo" in s.global_method
         train_pairs: list[TextPair] = []
         if by_dpo:
             train_pairs, _ = self._texts(dataset, [p for p in pairs if p.split == "train"])
@@ -244,7 +244,7 @@ class TrainingDaemon:
                                                                                  pause=self._pause)
         scorer = RewardScorer.from_store(self.reward, share_base_with=stack.peft_model)
         kl_beta = resumed.kl_beta if resumed else deployed_metrics.get("kl_beta", self.ppo.kl_coef)
-        if "ppo" in s.global_method:
+        if by_ppo:
             use_threads(self.ppo.threads)
             reward = (penalise_harm(scorer.score, self._harmlessness_judge(), self.ppo.harm_penalty)
                       if self.ppo.harm_penalty else scorer.score)
