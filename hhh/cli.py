@@ -100,9 +100,7 @@ def _data_stats(args: argparse.Namespace) -> int:
     if not settings.dataset_path.exists():
         raise UserError(f"no dataset at {settings.dataset_path}; run `hhh data rebuild` first")
     store = DatasetStore(settings.dataset_path)
-    print(format_stats(store.build_pairs(eval_percent=settings.eval_percent,
-                                         min_agreement=settings.min_agreement,
-                                         cross_user_weight=settings.cross_user_pair_weight)))
+    print(format_stats(store.build_pairs(**settings.pair_options())))
     return 0
 
 

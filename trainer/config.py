@@ -51,6 +51,13 @@ class TrainerSettings(BaseSettings):
         description="Weight of a thumbs pair formed from different users' votes on the same prompt "
         "(one up, another down); a user's own up × down pair weighs 1 and keeps their user id.",
     )
+    max_voice_share: float = Field(
+        default=0.2, gt=0, le=1,
+        description="Most of the pairs' (and the votes') weight that one labeler or user may hold; "
+        "a heavier voice's weights are scaled down to it (with fewer than 1/share voices, all weigh "
+        "the same; 1: no cap). Keeps one prolific labeler or one user flooding thumbs from setting "
+        "the global reward model and the gate's human-pair check for everyone.",
+    )
     runs_dir: Path = Field(
         default_factory=lambda: hhh_home() / "runs",
         description="Run records (`<round>.jsonl`: every PPO/DPO iteration and gate verdict).",
@@ -171,6 +178,12 @@ class TrainerSettings(BaseSettings):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"yield_to must be the gateway's http(s) URL, got {url!r}")
         return None if url is None else url.rstrip("/")
+
+    def pair_options(self) -> dict[str, float]:
+        """The keyword arguments of `DatasetStore.build_pairs` these settings ask for."""
+        return {"eval_percent": self.eval_percent, "min_agreement": self.min_agreement,
+                "cross_user_weight": self.cross_user_pair_weight,
+                "max_voice_share": self.max_voice_share}
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

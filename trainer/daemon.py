@@ -183,9 +183,13 @@ class TrainingDaemon:
             if RewardModelStore(self.reward.store_dir).latest() is None:
                 report.note("no reward model yet: no policy round")
                 return report
-            pair_set = dataset.build_pairs(eval_percent=self.settings.eval_percent,
-                                           min_agreement=self.settings.min_agreement,
-                                           cross_user_weight=self.settings.cross_user_pair_weight)
+            pair_set = dataset.build_pairs(**self.settings.pair_options())
+            if scaled := pair_set.scaled_voices.get("train"):
+                report.note("pairs: " + ", ".join(
+                    f"{voice or '(unknown)'}'s weights × {factor:.2f}"
+                    for voice, factor in sorted(scaled.items()))
+                            + f" (each held more than {self.settings.max_voice_share:g} of the "
+                            "training weight; HHH_TRAINER_MAX_VOICE_SHARE)")
             export_agreement(pair_set.consensus)
             pairs = pair_set.pairs
             self._locked(report, "global", partial(self._global_round, report, dataset, pairs))

@@ -78,6 +78,9 @@ def test_data_rebuild_then_stats_report_pairs_and_agreement(tmp_path: Path) -> N
     assert stats.returncode == 0, stats.stderr
     assert "ranking  helpfulness" in stats.stdout and "total 3" in stats.stdout
     assert "Krippendorff's alpha" in stats.stdout
+    # p1 is held out; cy, down-weighted to 0, supports none of its pairs
+    assert "largest voices in eval (share of the weight, of 2;" in stats.stdout
+    assert "ann 50.0%, bo 50.0%" in stats.stdout
     cy = next(line for line in stats.stdout.splitlines() if line.strip().startswith("cy "))
     assert "0.0%" in cy
 

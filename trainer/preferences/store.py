@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.files import private_file
@@ -32,6 +32,7 @@ from common.sqlite import connect
 from streams.events import CompletionEvent, Event, RankingFeedback, ThumbsFeedback
 from streams.log import Record
 from trainer.preferences.pairs import Consensus, Judgement, merge_judgements, thumbs_pairs
+from trainer.preferences.voices import cap_voices, scaled_voices
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -110,6 +111,9 @@ class Vote:
     up: bool
     split: str
     """``train`` or ``eval``, as the pairs of the same prompt."""
+    weight: float = 1.0
+    """The vote's share of the pointwise reward loss: below 1 where its user's votes are capped
+    (``trainer.preferences.voices``)."""
 
 
 def split_of(prompt_id: str, eval_percent: int) -> str:
@@ -187,10 +191,13 @@ class DatasetStore:
         return {table: sorted(self._db.execute(f"SELECT * FROM {table}").fetchall()) for table in _TABLES}
 
     def build_pairs(
-        self, *, eval_percent: int = 10, min_agreement: float = 0.6, cross_user_weight: float = 0.5
+        self, *, eval_percent: int = 10, min_agreement: float = 0.6, cross_user_weight: float = 0.5,
+        max_voice_share: float = 1.0,
     ) -> PairSet:
         """The preference pairs the stored feedback gives now (see ``trainer.preferences.pairs``);
-        thumbs pairs across users weigh ``cross_user_weight`` (``_thumbs_pairs``)."""
+        thumbs pairs across users weigh ``cross_user_weight`` (``_thumbs_pairs``); no labeler or
+        user holds more than ``max_voice_share`` of a split's weight
+        (``trainer.preferences.voices``; 1: no cap)."""
         prompt_of = dict(self._db.execute("SELECT completion_id, prompt_id FROM completions"))
         pairs: list[PreferencePair] = []
         skipped: dict[str, int] = defaultdict(int)
@@ -204,7 +211,8 @@ class DatasetStore:
                 split_of(pair.prompt_id, eval_percent),
             ))
         pairs += self._thumbs_pairs(prompt_of, eval_percent, skipped, cross_user_weight)
-        return PairSet(pairs, consensus, dict(skipped))
+        return PairSet(cap_voices(pairs, max_voice_share), consensus, dict(skipped),
+                       scaled_voices(pairs, max_voice_share))
 
     def _judgements(
         self, prompt_of: dict[str, str], skipped: dict[str, int]
@@ -294,15 +302,16 @@ class DatasetStore:
                                                 cross_user_weight, "thumbs", None, users, split))
         return pairs
 
-    def votes(self, *, eval_percent: int = 10) -> list[Vote]:
+    def votes(self, *, eval_percent: int = 10, max_voice_share: float = 1.0) -> list[Vote]:
         """Each user's latest thumbs vote per completion and criterion, paired or not, with the
-        prompt's split (the same hash split as the pairs'): the reward model's pointwise targets."""
+        prompt's split (the same hash split as the pairs'): the reward model's pointwise targets.
+        No user holds more than ``max_voice_share`` of a split's votes (weights below 1)."""
         prompt_of = dict(self._db.execute("SELECT completion_id, prompt_id FROM completions"))
-        return [Vote(prompt_id, criterion, completion_id, user_id, vote == "up",
+        return cap_voices([Vote(prompt_id, criterion, completion_id, user_id, vote == "up",
                      split_of(prompt_id, eval_percent))
                 for (prompt_id, criterion), by_user in sorted(self._latest_votes(prompt_of, defaultdict(int)).items())
                 for user_id, votes in sorted(by_user.items())
-                for completion_id, vote in sorted(votes.items())]
+                for completion_id, vote in sorted(votes.items())], max_voice_share)
 
     def positions(self) -> dict[str, int]:
         """Where in the event log the stored data reaches: ``"<topic>/<partition>"`` -> the
@@ -362,3 +371,6 @@ class PairSet:
     pairs: list[PreferencePair]
     consensus: Consensus
     skipped: dict[str, int]
+    scaled_voices: dict[str, dict[str, float]] = field(default_factory=dict)
+    """split -> labeler or user -> the factor their pair weights were scaled by (below 1: they
+    held more than ``max_voice_share``; ``trainer.preferences.voices``)."""

@@ -12,9 +12,10 @@ Shapes: ``chosen``, ``rejected``, ``weight`` and ``margin`` are (B,) — one ent
 Thumbs votes that form no pair are evidence too. ``PointwiseRewardLoss`` reads a vote on y
 for x as a Bernoulli target, P(up | x, y) = σ(r(x, y) − b), with one learnt scalar offset b:
 
-    loss = −(1/V) Σ_j [v_j · log σ(r_j − b) + (1 − v_j) · log(1 − σ(r_j − b))]
+    loss = −Σ_j u_j [v_j · log σ(r_j − b) + (1 − v_j) · log(1 − σ(r_j − b))]  /  Σ_j u_j
 
-(v_j = 1 for up, 0 for down; a binary cross-entropy on the logit r_j − b). It is added to the
+(v_j = 1 for up, 0 for down; a binary cross-entropy on the logit r_j − b; u_j the vote's weight,
+1 unless its user's votes are capped, ``trainer.preferences.voices``). It is added to the
 pairwise loss with a weight λ (``RewardSettings.pointwise_weight``): L = L_pair + λ · L_point.
 b is learnt because Bradley–Terry fixes rewards only up to a constant: the threshold between
 "up" and "down" on that scale is unknown, and a fixed b = 0 would make the pointwise term pull
@@ -24,7 +25,7 @@ each training run starts it at 0.
 This is the reward-model side of KTO's idea (Ethayarajh et al. 2024: unpaired desirable /
 undesirable labels against a reference point), without a policy in the loop.
 
-Shapes: ``rewards`` and ``up`` are (V,) — one entry per vote.
+Shapes: ``rewards``, ``up`` and ``weight`` are (V,) — one entry per vote.
 """
 
 from __future__ import annotations
@@ -72,8 +73,14 @@ class PointwiseRewardLoss(nn.Module):
         self.offset = nn.Parameter(torch.zeros(()))
         """b: the reward at which up and down are equally likely."""
 
-    def forward(self, rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """(V,) rewards of voted completions and (V,) votes (1.0 up, 0.0 down) -> the scalar mean loss."""
+    def forward(
+        self, rewards: torch.Tensor, up: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(V,) rewards of voted completions, (V,) votes (1.0 up, 0.0 down) and optional (V,)
+        vote weights (default all 1) -> the scalar weighted mean loss."""
+        if weight is not None and weight.shape != rewards.shape:
+            raise ValueError(f"weight {tuple(weight.shape)} must have the shape of rewards "
+                             f"{tuple(rewards.shape)}")
         if rewards.shape != up.shape or rewards.dim() != 1:
             raise ValueError(
                 f"rewards {tuple(rewards.shape)} and up {tuple(up.shape)} must have one and the "
@@ -81,7 +88,10 @@ class PointwiseRewardLoss(nn.Module):
         if len(rewards) == 0:
             raise ValueError("no votes: the pointwise loss needs at least one")
         logits = rewards - self.offset.to(rewards.dtype)  # (V,)
-        return F.binary_cross_entropy_with_logits(logits, up.to(rewards.dtype))
+        losses = F.binary_cross_entropy_with_logits(logits, up.to(rewards.dtype), reduction="none")
+        if weight is None:
+            return losses.mean()
+        return (weight.to(losses.dtype) * losses).sum() / weight.sum().clamp_min(1e-12)
 
 
 @dataclass(frozen=True)

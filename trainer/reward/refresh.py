@@ -188,11 +188,10 @@ def refresh_reward_model(
     ``placement``: where to train (default: what ``trainer_settings`` ask for)."""
     dataset = DatasetStore(trainer_settings.dataset_path)
     try:
-        pair_set = dataset.build_pairs(
-            eval_percent=trainer_settings.eval_percent, min_agreement=trainer_settings.min_agreement,
-            cross_user_weight=trainer_settings.cross_user_pair_weight,
-        )
-        votes = dataset.votes(eval_percent=trainer_settings.eval_percent) if settings.pointwise_weight > 0 else []
+        pair_set = dataset.build_pairs(**trainer_settings.pair_options())
+        votes = (dataset.votes(eval_percent=trainer_settings.eval_percent,
+                               max_voice_share=trainer_settings.max_voice_share)
+                 if settings.pointwise_weight > 0 else [])
     finally:
         dataset.close()
     pairs = [p for p in pair_set.pairs
@@ -263,7 +262,8 @@ def refresh_reward_model(
     started = time.monotonic()
     train_loss = train_pairs(model, encoded(train), settings, epochs=epochs,
                              pad_id=tokenizer.pad_token_id, progress=progress,
-                             votes=[EncodedVote(sequences[v.completion_id], v.up) for v in train_votes])
+                             votes=[EncodedVote(sequences[v.completion_id], v.up, v.weight)
+                                    for v in train_votes])
     train_seconds = time.monotonic() - started
     train_ids = sorted({cid for p in train for cid in (p.chosen_id, p.rejected_id)}
                        | {v.completion_id for v in train_votes})

@@ -53,10 +53,11 @@ class EncodedPair:
 
 @dataclass(frozen=True)
 class EncodedVote:
-    """Token ids of a thumbs-voted (prompt, completion), and whether the vote was up."""
+    """Token ids of a thumbs-voted (prompt, completion), whether the vote was up, and its weight."""
 
     sequence: list[int]
     up: bool
+    weight: float = 1.0
 
 
 def train_pairs(
@@ -149,6 +150,7 @@ def backward_votes(
     """Accumulate the gradient of ``scale`` · the pointwise loss of ``votes``, micro-batch by
     micro-batch of at most ``max_tokens`` padded tokens; return that loss."""
     loss_sum, start = 0.0, 0
+    total_weight = sum(v.weight for v in votes)
     while start < len(votes):
         end, longest = start + 1, len(votes[start].sequence)
         while end < len(votes) and (end - start + 1) * max(longest, len(votes[end].sequence)) <= max_tokens:
@@ -157,7 +159,8 @@ def backward_votes(
         input_ids, attention_mask = (t.to(model.device) for t in pad_right([v.sequence for v in micro], pad_id))
         rewards = model(input_ids, attention_mask)  # (M,) float32
         up = torch.tensor([float(v.up) for v in micro], device=model.device)  # (M,)
-        loss = pointwise(rewards, up) * (scale * len(micro) / len(votes))
+        weight = torch.tensor([v.weight for v in micro], device=model.device)  # (M,)
+        loss = pointwise(rewards, up, weight) * (scale * float(weight.sum()) / total_weight)
         loss.backward()
         loss_sum += loss.item()
         start = end
